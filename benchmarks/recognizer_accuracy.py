@@ -1,0 +1,137 @@
+"""Parity and LFW accuracy of the system recognizer (the ONNX port of dlib's ResNet).
+
+Compares, on the LFW pairs whose identities are not held back:
+- dlib itself: its 5-point alignment and ``compute_face_descriptor`` (the reference);
+- the ONNX port on dlib's own chips (tests the port);
+- the ONNX port on chips aligned from YuNet's landmarks (the edge pipeline).
+
+It also calibrates the system's operating threshold at FMR = 1e-3 on pairsDevTrain.
+
+Run: python benchmarks/recognizer_accuracy.py [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import cv2
+import numpy as np
+
+from edge_agent.face.align import DLIB_150, align
+from edge_agent.face.detect import FaceDetector
+from edge_agent.progress import progress
+from edge_agent.recognizer import SystemRecognizer, l2_normalize
+from training.datasets import data_root, read_lfw_pairs
+from training.evaluation import metrics
+from training.evaluation.judges import DlibJudge, dlib_chip, locate
+
+log = logging.getLogger("recognizer_accuracy")
+
+
+def embed_all(paths: list[str], judge: DlibJudge, system: SystemRecognizer) -> dict:
+    """Embed every image three ways: dlib, port on dlib chips, port on YuNet chips."""
+    detector = FaceDetector()
+    lfw = data_root() / "lfw"
+    images, refs, dlib_chips, yunet_chips = [], [], [], []
+    for rel in progress(paths, desc="detect+align"):
+        image = cv2.imread(str(lfw / rel))
+        ref = locate(image, detector.primary(image))
+        images.append(image)
+        refs.append(ref)
+        dlib_chips.append(cv2.cvtColor(dlib_chip(image, ref), cv2.COLOR_RGB2BGR))
+        yunet_chips.append(align(image, ref.face.landmarks, DLIB_150).chip)
+    reference = judge.embed(list(zip(images, refs, strict=True)), desc="dlib descriptors")
+    port_dlib = system.embed_chips(np.stack(dlib_chips))
+    port_yunet = system.embed_chips(np.stack(yunet_chips))
+    hog_found = sum(r.dlib_detected for r in refs)
+    return {
+        "paths": {p: i for i, p in enumerate(paths)},
+        "dlib": reference,
+        "port_dlib_chip": port_dlib,
+        "port_yunet_chip": port_yunet,
+        "hog_found": hog_found,
+    }
+
+
+def pair_scores(emb: dict, key: str, pairs: list, metric: str) -> np.ndarray:
+    idx = emb["paths"]
+    a = emb[key][[idx[p[0]] for p in pairs]]
+    b = emb[key][[idx[p[1]] for p in pairs]]
+    if metric == "euclidean":
+        return -np.linalg.norm(a - b, axis=1)
+    a, b = l2_normalize(a), l2_normalize(b)
+    return (a * b).sum(1)
+
+
+def spread(pairs: list, limit: int | None) -> list:
+    """Take ``limit`` pairs evenly across the list, which is sorted matched-first per fold."""
+    if not limit or limit >= len(pairs):
+        return pairs
+    return [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).astype(int)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    parser.add_argument("--workers", type=int, default=None, help="processes for dlib")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    splits = data_root() / "splits"
+    test_pairs = spread(read_lfw_pairs(splits / "pairs_dev_only.txt"), args.limit)
+    calib_pairs = spread(read_lfw_pairs(splits / "pairsDevTrain_dev_only.txt"), args.limit)
+    paths = sorted({p for pr in test_pairs + calib_pairs for p in pr[:2]})
+    log.info(
+        "%d test pairs, %d calibration pairs, %d images",
+        len(test_pairs),
+        len(calib_pairs),
+        len(paths),
+    )
+    emb = embed_all(paths, DlibJudge(args.workers), SystemRecognizer())
+
+    ref = l2_normalize(emb["dlib"])
+    cos = (ref * emb["port_dlib_chip"]).sum(1)
+    cos_pipe = (ref * emb["port_yunet_chip"]).sum(1)
+    rows = [
+        ("images", f"{len(paths)} (dlib HOG found {emb['hog_found']})"),
+        ("parity: cosine(port, dlib) on dlib chips, mean", f"{cos.mean():.6f}"),
+        ("parity: min / share >= 0.999", f"{cos.min():.6f} / {(cos >= 0.999).mean():.4f}"),
+        (
+            "cosine(port on YuNet chips, dlib), mean / p5",
+            f"{cos_pipe.mean():.4f} / {np.percentile(cos_pipe, 5):.4f}",
+        ),
+    ]
+    same = np.array([p[2] for p in test_pairs])
+    for label, key, metric in [
+        ("dlib (reference)", "dlib", "euclidean"),
+        ("port, dlib chips", "port_dlib_chip", "cosine"),
+        ("port, YuNet chips (edge)", "port_yunet_chip", "cosine"),
+    ]:
+        s = pair_scores(emb, key, test_pairs, metric)
+        mean, std = metrics.cross_validated_accuracy(s, same)
+        rows.append((f"accuracy 10-fold, {label}", f"{mean:.4f} ± {std:.4f}"))
+        if metric == "euclidean":
+            rows.append(
+                (f"accuracy at distance 0.6, {label}", f"{((s >= -0.6) == same).mean():.4f}")
+            )
+        rows.append((f"AUC, {label}", f"{metrics.auc(s[same], s[~same]):.5f}"))
+
+    calib = pair_scores(emb, "port_yunet_chip", calib_pairs, "cosine")
+    csame = np.array([p[2] for p in calib_pairs])
+    thr = metrics.threshold_at_far(calib[~csame], 1e-3)
+    s = pair_scores(emb, "port_yunet_chip", test_pairs, "cosine")
+    rows.append(("system threshold at FMR 1e-3 (pairsDevTrain)", f"{thr:.4f}"))
+    rows.append(
+        (
+            "  on pairs_dev_only: FMR / TMR",
+            f"{metrics.accept_rate(s[~same], thr):.4f} / {metrics.accept_rate(s[same], thr):.4f}",
+        )
+    )
+    width = max(len(r[0]) for r in rows)
+    sys.stdout.write("\n".join(f"| {k:<{width}} | {v} |" for k, v in rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A small on-disk cache of judge embeddings of original images, keyed by file identity."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+
+class EmbeddingCache:
+    """Map (judge, file path, size, mtime) to an embedding, in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB)")
+
+    @staticmethod
+    def key(judge_id: str, file: Path) -> str:
+        st = file.stat()
+        return f"{judge_id}|{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def get(self, key: str) -> np.ndarray | None:
+        row = self.db.execute("SELECT vec FROM emb WHERE key = ?", (key,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                [(k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()],
+            )
+
+    def close(self) -> None:
+        self.db.close()

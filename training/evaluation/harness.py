@@ -1,0 +1,301 @@
+"""The evaluation harness of DESIGN.md section 4: every metric, computed from the images.
+
+For each triplet ``(x1, x2, y)`` with subject keys ``kA`` (for x's person), ``kA2`` (a
+second key for x's person) and ``kB`` (for y's person) it anonymizes:
+
+    v11 = G(x1, kA)   v21 = G(x2, kA)   vy = G(y, kA)   v12 = G(x1, kA2)   vyB = G(y, kB)
+
+and scores, with the judge R and the system recognizer S (and KVFA I for keyed models):
+- anonymity: R(v) vs R(x) for (v11, x1), (v21, x2), (vy, y), judged different
+- diversity: (v11, v12) judged different;  differentiation: (v11, vy) judged different
+- synchronism: genuine (v11, v21) against impostor (v11, vy)
+- KVFA: genuine I(v11, kA) vs S(x2) and I(v21, kA) vs S(x1); impostor I(v11, kA) vs S(y)
+  and I(vyB, kB) vs S(x1); wrong keys: I(v11, kA with b bits flipped) vs S(x2)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.anonymizer import Anonymizer
+from edge_agent.face.detect import FaceDetector, NoFaceError
+from edge_agent.face.image_io import ImageError, load_image
+from edge_agent.keys import flip_bits
+from edge_agent.progress import progress
+from edge_agent.recognizer import SystemRecognizer
+from training.datasets import Triplet, identity_of, read_triplets
+from training.evaluation import metrics
+from training.evaluation.cache import EmbeddingCache
+from training.evaluation.judges import FaceRef, Judge, locate
+from training.evaluation.keyring import Keyring
+from training.evaluation.measures import FaceMeasures, Measurer
+
+log = logging.getLogger(__name__)
+
+WRONG_BITS = (1, 3, 5, 16)
+# The system recognizer's same-person threshold (cosine), at FMR 1e-3 on LFW pairsDevTrain;
+# see benchmarks/recognizer_accuracy.py.
+SYSTEM_THRESHOLD = 0.9131
+
+
+@dataclass
+class EvalConfig:
+    root: Path
+    triplets: Path
+    judge: Judge
+    anonymizer: Anonymizer
+    limit: int | None = None
+    seed: int | None = None
+    wrong_key_trials: int = 4
+    cache: Path | None = None
+
+
+@dataclass
+class Sample:
+    """One image (original or anonymized) and what was measured on it."""
+
+    image: np.ndarray
+    ref: FaceRef
+    system: np.ndarray
+    measures: FaceMeasures
+    judge: np.ndarray | None = None
+    anonymize_ms: float = 0.0
+
+
+@dataclass
+class EvalRun:
+    """Everything the report needs: the results and the samples behind them."""
+
+    results: dict
+    originals: dict[str, Sample]
+    virtuals: dict[tuple[str, str], Sample]
+    triplets: list[Triplet]
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+class Harness:
+    def __init__(self, config: EvalConfig) -> None:
+        self.cfg = config
+        self.detector = FaceDetector()
+        self.system = SystemRecognizer()
+        self.measurer = Measurer(self.detector)
+        self.keys = Keyring(config.seed)
+
+    # -- originals ---------------------------------------------------------------
+    def _originals(self, triplets: list[Triplet]) -> tuple[dict[str, Sample], list[Triplet]]:
+        paths = sorted({p for t in triplets for p in (t.x1, t.x2, t.y)})
+        out: dict[str, Sample] = {}
+        for rel in progress(paths, desc="originals"):
+            try:
+                image = load_image(self.cfg.root / rel)
+                face = self.detector.primary(image)
+            except (ImageError, NoFaceError) as exc:
+                log.warning("skipping %s: %s", rel, exc)
+                continue
+            ref = locate(image, face)
+            out[rel] = Sample(
+                image,
+                ref,
+                self.system.embed(image, face.landmarks),
+                self.measurer.measure(image, ref),
+            )
+        self._judge_originals(out)
+        kept = [t for t in triplets if all(p in out for p in (t.x1, t.x2, t.y))]
+        return out, kept
+
+    def _judge_originals(self, samples: dict[str, Sample]) -> None:
+        judge = self.cfg.judge
+        cache = EmbeddingCache(self.cfg.cache) if self.cfg.cache else None
+        todo = []
+        for rel, s in samples.items():
+            key = EmbeddingCache.key(judge.cache_id, self.cfg.root / rel)
+            s.judge = cache.get(key) if cache else None
+            if s.judge is None:
+                todo.append((rel, key))
+        if todo:
+            embs = judge.embed(
+                [(samples[r].image, samples[r].ref) for r, _ in todo], desc="judge originals"
+            )
+            for (rel, _), e in zip(todo, embs, strict=True):
+                samples[rel].judge = e
+            if cache:
+                cache.put_many({k: samples[r].judge for r, k in todo})
+        if cache:
+            cache.close()
+
+    # -- anonymized --------------------------------------------------------------
+    def _jobs(self, triplets: list[Triplet]) -> list[tuple[str, str]]:
+        """Return the (image, key name) pairs to anonymize; key names are resolved by Keyring."""
+        jobs: dict[tuple[str, str], None] = {}
+        for t in triplets:
+            a, b = identity_of(t.x1), identity_of(t.y)
+            for job in ((t.x1, a), (t.x2, a), (t.y, a), (t.x1, a + "#2"), (t.y, b)):
+                jobs[job if self.cfg.anonymizer.keyed else (job[0], "")] = None
+        return list(jobs)
+
+    def _virtuals(self, originals: dict[str, Sample], jobs: list) -> dict:
+        anonymizer = self.cfg.anonymizer
+        out = {}
+        for rel, key_name in progress(jobs, desc="anonymize"):
+            orig = originals[rel]
+            key = self.keys.key(key_name) if anonymizer.keyed else None
+            t0 = time.perf_counter()
+            image = anonymizer.anonymize(orig.image, orig.ref.face, key)
+            ms = (time.perf_counter() - t0) * 1000
+            out[rel, key_name] = Sample(
+                image,
+                orig.ref,
+                self.system.embed(image, orig.ref.face.landmarks),
+                self.measurer.measure(image, orig.ref, against=orig.measures),
+                anonymize_ms=ms,
+            )
+        items = [(s.image, s.ref) for s in out.values()]
+        for s, e in zip(
+            out.values(), self.cfg.judge.embed(items, desc="judge anonymized"), strict=True
+        ):
+            s.judge = e
+        return out
+
+    # -- run ---------------------------------------------------------------------
+    def run(self) -> EvalRun:
+        cfg = self.cfg
+        triplets, bad_lines = read_triplets(cfg.triplets, cfg.limit)
+        if bad_lines:
+            log.warning(
+                "skipped %d inconsistent triplets (lines %s)",
+                len(bad_lines),
+                ", ".join(map(str, bad_lines[:10])),
+            )
+        originals, kept = self._originals(triplets)
+        if not kept:
+            raise NoFaceError("no triplet has a detectable face in all three images")
+        virtuals = self._virtuals(originals, self._jobs(kept))
+        run = EvalRun({}, originals, virtuals, kept)
+        run.results = self._score(run)
+        run.results["n_triplets_skipped"] = len(bad_lines) + len(triplets) - len(kept)
+        return run
+
+    def grid(self, run: EvalRun, rows: int = 6) -> tuple[list[list[np.ndarray]], list[str]]:
+        """Return picture rows (original, then anonymized under up to three keys) and labels."""
+        anon, out, seen = self.cfg.anonymizer, [], set()
+        for t in run.triplets:
+            a = identity_of(t.x1)
+            if a in seen:
+                continue
+            seen.add(a)
+            orig = run.originals[t.x1]
+            row = [orig.image, self._v(run, t.x1, a).image]
+            if anon.keyed:
+                third = anon.anonymize(orig.image, orig.ref.face, self.keys.key(a + "#3"))
+                row += [self._v(run, t.x1, a + "#2").image, third]
+            out.append(row)
+            if len(out) >= rows:
+                break
+        labels = ["original", "key 1", "key 2", "key 3"] if anon.keyed else ["original", anon.name]
+        return out, labels
+
+    def _v(self, run: EvalRun, rel: str, key_name: str) -> Sample:
+        return run.virtuals[rel, key_name if self.cfg.anonymizer.keyed else ""]
+
+    def _score(self, run: EvalRun) -> dict:
+        judge, o, keyed = self.cfg.judge, run.originals, self.cfg.anonymizer.keyed
+        ts = run.triplets
+        A = [identity_of(t.x1) for t in ts]
+
+        def jscores(pairs: list[tuple[Sample, Sample]]) -> np.ndarray:
+            return judge.score(
+                np.stack([a.judge for a, _ in pairs]), np.stack([b.judge for _, b in pairs])
+            )
+
+        gen = jscores([(o[t.x1], o[t.x2]) for t in ts])
+        imp = jscores([(o[t.x1], o[t.y]) for t in ts])
+        _, thr = metrics.eer(gen, imp)
+        run.scores["judge on originals"] = (gen, imp)
+
+        v11 = [self._v(run, t.x1, a) for t, a in zip(ts, A, strict=True)]
+        v21 = [self._v(run, t.x2, a) for t, a in zip(ts, A, strict=True)]
+        vy = [self._v(run, t.y, a) for t, a in zip(ts, A, strict=True)]
+        anon_pairs = [
+            *zip(v11, [o[t.x1] for t in ts], strict=True),
+            *zip(v21, [o[t.x2] for t in ts], strict=True),
+            *zip(vy, [o[t.y] for t in ts], strict=True),
+        ]
+
+        def different(pairs: list) -> float:
+            return float((jscores(pairs) < thr).mean())
+
+        sync_g, sync_i = (
+            jscores(list(zip(v11, v21, strict=True))),
+            jscores(list(zip(v11, vy, strict=True))),
+        )
+        run.scores["synchronism (judge)"] = (sync_g, sync_i)
+        sys_g = np.array([a.system @ b.system for a, b in zip(v11, v21, strict=True)])
+        sys_i = np.array([a.system @ b.system for a, b in zip(v11, vy, strict=True)])
+        run.scores["virtual verify (system)"] = (sys_g, sys_i)
+        sync_eer, _ = metrics.eer(sync_g, sync_i)
+
+        virt = list(run.virtuals.values())
+        res = {
+            "n_triplets": len(ts),
+            "judge": judge.name,
+            "threshold": round(judge.to_native(thr), 6),
+            "judge_metric": judge.metric,
+            "judge_auc_original": metrics.auc(gen, imp),
+            "anonymizer": self.cfg.anonymizer.name,
+            "anonymity": different(anon_pairs),
+            "diversity": different(
+                [(a, self._v(run, t.x1, n + "#2")) for a, t, n in zip(v11, ts, A, strict=True)]
+            )
+            if keyed
+            else None,
+            "differentiation": different(list(zip(v11, vy, strict=True))),
+            "synchronism_auc": metrics.auc(sync_g, sync_i),
+            "synchronism_eer": sync_eer,
+            "virtual_verify_auc": metrics.auc(sys_g, sys_i),
+            **Measurer.summarize([s.measures for s in virt]),
+            "brisque_original": float(np.mean([s.measures.brisque for s in o.values()])),
+            "ms_per_face": float(np.mean([s.anonymize_ms for s in virt])),
+        }
+        res.update(
+            self._kvfa(run, ts, A)
+            if keyed and self.cfg.anonymizer.recovers
+            else {"kvfa_crr": None, "kvfa_far": None, "kvfa_auc": None, "wrong_key_accept": None}
+        )
+        res["kvfa_threshold"] = SYSTEM_THRESHOLD if res["kvfa_crr"] is not None else None
+        return res
+
+    def _kvfa(self, run: EvalRun, ts: list[Triplet], A: list[str]) -> dict:
+        anon, o, thr = self.cfg.anonymizer, run.originals, SYSTEM_THRESHOLD
+
+        def rec(rel: str, key_name: str, key: bytes | None = None) -> np.ndarray:
+            s = run.virtuals[rel, key_name]
+            return anon.recover(s.image, s.ref.face, key or self.keys.key(key_name))
+
+        gen, imp = [], []
+        for t, a in progress(list(zip(ts, A, strict=True)), desc="KVFA"):
+            r11, r21 = rec(t.x1, a), rec(t.x2, a)
+            gen += [r11 @ o[t.x2].system, r21 @ o[t.x1].system]
+            imp += [r11 @ o[t.y].system, rec(t.y, identity_of(t.y)) @ o[t.x1].system]
+        gen, imp = np.array(gen), np.array(imp)
+        run.scores["KVFA recovery (system)"] = (gen, imp)
+        rng = self.keys.rng("wrong-bits")
+        wrong = {}
+        for bits in WRONG_BITS:
+            hits = [
+                rec(t.x1, a, flip_bits(self.keys.key(a), bits, rng)) @ o[t.x2].system >= thr
+                for t, a in zip(ts, A, strict=True)
+                for _ in range(self.cfg.wrong_key_trials)
+            ]
+            wrong[str(bits)] = float(np.mean(hits))
+        return {
+            "kvfa_crr": metrics.accept_rate(gen, thr),
+            "kvfa_far": metrics.accept_rate(imp, thr),
+            "kvfa_auc": metrics.auc(gen, imp),
+            "wrong_key_accept": wrong,
+            "wrong_key_trials": len(ts) * self.cfg.wrong_key_trials,
+        }
