@@ -19,19 +19,21 @@ import sys
 import cv2
 import numpy as np
 
+from edge_agent.assets import cache_dir
 from edge_agent.face.align import DLIB_150, align
 from edge_agent.face.detect import FaceDetector
 from edge_agent.progress import progress
 from edge_agent.recognizer import SystemRecognizer, l2_normalize
 from training.datasets import data_root, read_lfw_pairs
 from training.evaluation import metrics
+from training.evaluation.cache import embed_cached
 from training.evaluation.judges import DlibJudge, dlib_chip, locate
 
 log = logging.getLogger("recognizer_accuracy")
 
 
-def embed_all(paths: list[str], judge: DlibJudge, system: SystemRecognizer) -> dict:
-    """Embed every image three ways: dlib, port on dlib chips, port on YuNet chips."""
+def embed_all(paths: list[str], judge: DlibJudge) -> dict:
+    """Embed every image with dlib and with the port, on dlib's chips and on YuNet's."""
     detector = FaceDetector()
     lfw = data_root() / "lfw"
     images, refs, dlib_chips, yunet_chips = [], [], [], []
@@ -42,17 +44,19 @@ def embed_all(paths: list[str], judge: DlibJudge, system: SystemRecognizer) -> d
         refs.append(ref)
         dlib_chips.append(cv2.cvtColor(dlib_chip(image, ref), cv2.COLOR_RGB2BGR))
         yunet_chips.append(align(image, ref.face.landmarks, DLIB_150).chip)
-    reference = judge.embed(list(zip(images, refs, strict=True)), desc="dlib descriptors")
-    port_dlib = system.embed_chips(np.stack(dlib_chips))
-    port_yunet = system.embed_chips(np.stack(yunet_chips))
-    hog_found = sum(r.dlib_detected for r in refs)
-    return {
+    files = [lfw / p for p in paths]
+    cache = cache_dir() / "judge_embeddings.sqlite"
+    out = {
         "paths": {p: i for i, p in enumerate(paths)},
-        "dlib": reference,
-        "port_dlib_chip": port_dlib,
-        "port_yunet_chip": port_yunet,
-        "hog_found": hog_found,
+        "dlib": embed_cached(judge, files, list(zip(images, refs, strict=True)), cache),
+        "hog_found": sum(r.dlib_detected for r in refs),
     }
+    for flip in (False, True):
+        system = SystemRecognizer(flip_average=flip)
+        suffix = "_flip" if flip else ""
+        out["port_dlib_chip" + suffix] = system.embed_chips(np.stack(dlib_chips))
+        out["port_yunet_chip" + suffix] = system.embed_chips(np.stack(yunet_chips))
+    return out
 
 
 def pair_scores(emb: dict, key: str, pairs: list, metric: str) -> np.ndarray:
@@ -89,7 +93,7 @@ def main() -> None:
         len(calib_pairs),
         len(paths),
     )
-    emb = embed_all(paths, DlibJudge(args.workers), SystemRecognizer())
+    emb = embed_all(paths, DlibJudge(args.workers))
 
     ref = l2_normalize(emb["dlib"])
     cos = (ref * emb["port_dlib_chip"]).sum(1)
@@ -107,7 +111,9 @@ def main() -> None:
     for label, key, metric in [
         ("dlib (reference)", "dlib", "euclidean"),
         ("port, dlib chips", "port_dlib_chip", "cosine"),
-        ("port, YuNet chips (edge)", "port_yunet_chip", "cosine"),
+        ("port, YuNet chips", "port_yunet_chip", "cosine"),
+        ("port + flip average, dlib chips", "port_dlib_chip_flip", "cosine"),
+        ("port + flip average, YuNet chips (edge default)", "port_yunet_chip_flip", "cosine"),
     ]:
         s = pair_scores(emb, key, test_pairs, metric)
         mean, std = metrics.cross_validated_accuracy(s, same)
@@ -118,11 +124,11 @@ def main() -> None:
             )
         rows.append((f"AUC, {label}", f"{metrics.auc(s[same], s[~same]):.5f}"))
 
-    calib = pair_scores(emb, "port_yunet_chip", calib_pairs, "cosine")
+    calib = pair_scores(emb, "port_yunet_chip_flip", calib_pairs, "cosine")
     csame = np.array([p[2] for p in calib_pairs])
     thr = metrics.threshold_at_far(calib[~csame], 1e-3)
-    s = pair_scores(emb, "port_yunet_chip", test_pairs, "cosine")
-    rows.append(("system threshold at FMR 1e-3 (pairsDevTrain)", f"{thr:.4f}"))
+    s = pair_scores(emb, "port_yunet_chip_flip", test_pairs, "cosine")
+    rows.append(("edge default: threshold at FMR 1e-3 on pairsDevTrain", f"{thr:.4f}"))
     rows.append(
         (
             "  on pairs_dev_only: FMR / TMR",

@@ -40,13 +40,25 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class SystemRecognizer:
-    """Embed faces into 128-D unit vectors; similarity is the dot product."""
+    """Embed faces into 128-D unit vectors; similarity is the dot product.
+
+    By default each chip is embedded together with its mirror image and the two are
+    averaged: on LFW this lifts verification accuracy from 98.7% to 99.2% for twice the
+    compute (docs/recognizer.md). ``flip_average=False`` gives dlib's plain descriptor.
+    """
 
     spec = DLIB_150
 
-    def __init__(self, model: Path | None = None, threads: int = 0, batch: int = 32) -> None:
+    def __init__(
+        self,
+        model: Path | None = None,
+        threads: int = 0,
+        batch: int = 32,
+        flip_average: bool = True,
+    ) -> None:
         self.session = create_session(model or recognizer_onnx_path(), threads)
         self.batch = batch
+        self.flip_average = flip_average
 
     def embed_chips(self, chips: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Embed BGR chips of shape (N, 150, 150, 3) in dlib geometry; return (N, 128)."""
@@ -56,7 +68,10 @@ class SystemRecognizer:
         out = []
         for i in range(0, len(chips), self.batch):
             x = chips[i : i + self.batch, :, :, ::-1].transpose(0, 3, 1, 2)  # BGR -> RGB, NCHW
-            out.append(self.session.run(None, {"chip": x.astype(np.float32)})[0])
+            if self.flip_average:
+                x = np.concatenate([x, x[..., ::-1]])  # (2B, 3, 150, 150): chips, then mirrors
+            e = self.session.run(None, {"chip": x.astype(np.float32)})[0]
+            out.append(e[: len(e) // 2] + e[len(e) // 2 :] if self.flip_average else e)
         return l2_normalize(np.concatenate(out)) if out else np.zeros((0, 128), np.float32)
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

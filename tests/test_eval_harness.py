@@ -38,32 +38,29 @@ KVFA = ("kvfa_crr", "kvfa_far", "kvfa_auc", "wrong_key_accept")
 
 
 @pytest.fixture(scope="module")
-def run_eval(lfw_dir: Path, splits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def dev_eval(lfw_dir: Path, splits_dir: Path):
+    """Return a function that runs ``kfaar eval`` on the LFW dev triplets and reads the JSON."""
+
+    def run(out: Path, *args: str) -> dict:
+        triplets = splits_dir / "lfw_dev_triplets.txt"
+        argv = ["eval", "--root", str(lfw_dir), "--triplets", str(triplets), "--out", str(out)]
+        assert main([*argv, *args]) == 0
+        return json.loads(out.read_text())
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_eval(dev_eval, tmp_path_factory: pytest.TempPathFactory):
     out_dir = tmp_path_factory.mktemp("eval")
     results: dict[str, dict] = {}
 
     def run(anonymizer: str) -> dict:
         if anonymizer not in results:
             out = out_dir / f"{anonymizer.replace(':', '_')}.json"
-            code = main(
-                [
-                    "eval",
-                    "--root",
-                    str(lfw_dir),
-                    "--triplets",
-                    str(splits_dir / "lfw_dev_triplets.txt"),
-                    "--limit",
-                    "12",
-                    "--anonymizer",
-                    anonymizer,
-                    "--seed",
-                    "11",
-                    "--out",
-                    str(out),
-                ]
+            results[anonymizer] = dev_eval(
+                out, "--limit", "12", "--anonymizer", anonymizer, "--seed", "11"
             )
-            assert code == 0
-            results[anonymizer] = json.loads(out.read_text())
         return results[anonymizer]
 
     return run
@@ -108,28 +105,18 @@ def test_keyed_scramble_recovers_with_the_key_only(run_eval) -> None:
     assert r["anonymity"] > 0.9
 
 
-def test_report_files_are_written(
-    run_eval, tmp_path: Path, lfw_dir: Path, splits_dir: Path
-) -> None:
+def test_report_files_are_written(dev_eval, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--root",
-                str(lfw_dir),
-                "--triplets",
-                str(splits_dir / "lfw_dev_triplets.txt"),
-                "--limit",
-                "3",
-                "--out",
-                str(out),
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    dev_eval(out, "--limit", "3", "--workers", "1")
     for suffix in (".md", "_grid.png", "_roc.png"):
         assert Path(f"{out.with_suffix('')}{suffix}").stat().st_size > 1000
     assert "| anonymity |" in out.with_suffix(".md").read_text()
+
+
+def test_any_arcface_style_onnx_model_can_judge(dev_eval, tmp_path: Path) -> None:
+    from training.recognizer.export import export_arcface_style
+
+    model = export_arcface_style(tmp_path / "arcface_style.onnx")
+    r = dev_eval(tmp_path / "onnx.json", "--limit", "8", "--judge", f"onnx:{model}")
+    assert r["judge"] == "onnx:arcface_style.onnx"
+    assert r["judge_auc_original"] > 0.95 and r["anonymity"] < 0.2

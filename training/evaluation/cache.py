@@ -34,3 +34,22 @@ class EmbeddingCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+def embed_cached(judge, files: list[Path], items: list, cache_path: Path | None) -> np.ndarray:
+    """Embed ``items`` (image, FaceRef) with ``judge``, reusing embeddings cached per file."""
+    cache = EmbeddingCache(cache_path) if cache_path else None
+    try:
+        keys = [EmbeddingCache.key(judge.cache_id, f) for f in files]
+        found = [cache.get(k) if cache else None for k in keys]
+        todo = [i for i, e in enumerate(found) if e is None]
+        if todo:
+            fresh = judge.embed([items[i] for i in todo], desc="judge originals")
+            for i, e in zip(todo, fresh, strict=True):
+                found[i] = e
+            if cache:
+                cache.put_many({keys[i]: found[i] for i in todo})
+        return np.stack(found) if found else np.zeros((0, 128), np.float32)
+    finally:
+        if cache:
+            cache.close()

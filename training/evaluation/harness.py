@@ -30,7 +30,7 @@ from edge_agent.progress import progress
 from edge_agent.recognizer import SystemRecognizer
 from training.datasets import Triplet, identity_of, read_triplets
 from training.evaluation import metrics
-from training.evaluation.cache import EmbeddingCache
+from training.evaluation.cache import embed_cached
 from training.evaluation.judges import FaceRef, Judge, locate
 from training.evaluation.keyring import Keyring
 from training.evaluation.measures import FaceMeasures, Measurer
@@ -109,24 +109,15 @@ class Harness:
         return out, kept
 
     def _judge_originals(self, samples: dict[str, Sample]) -> None:
-        judge = self.cfg.judge
-        cache = EmbeddingCache(self.cfg.cache) if self.cfg.cache else None
-        todo = []
-        for rel, s in samples.items():
-            key = EmbeddingCache.key(judge.cache_id, self.cfg.root / rel)
-            s.judge = cache.get(key) if cache else None
-            if s.judge is None:
-                todo.append((rel, key))
-        if todo:
-            embs = judge.embed(
-                [(samples[r].image, samples[r].ref) for r, _ in todo], desc="judge originals"
-            )
-            for (rel, _), e in zip(todo, embs, strict=True):
-                samples[rel].judge = e
-            if cache:
-                cache.put_many({k: samples[r].judge for r, k in todo})
-        if cache:
-            cache.close()
+        rels = list(samples)
+        embs = embed_cached(
+            self.cfg.judge,
+            [self.cfg.root / r for r in rels],
+            [(samples[r].image, samples[r].ref) for r in rels],
+            self.cfg.cache,
+        )
+        for rel, e in zip(rels, embs, strict=True):
+            samples[rel].judge = e
 
     # -- anonymized --------------------------------------------------------------
     def _jobs(self, triplets: list[Triplet]) -> list[tuple[str, str]]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from edge_agent.assets import asset_path
+from edge_agent.onnx_runtime import create_session
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 INPUT_SIZE = 64
@@ -78,12 +78,8 @@ class ExpressionClassifier:
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"expression model not found at {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # a tiny model: more threads cost more than they save
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        # A tiny model: more threads cost more than they save.
+        self.session = create_session(path, threads=1)
         (inp,) = self.session.get_inputs()
         if list(inp.shape[1:]) != [1, INPUT_SIZE, INPUT_SIZE]:
             raise ValueError(f"{path}: expected input (N, 1, 64, 64), model has {inp.shape}")
