@@ -13,6 +13,10 @@ from edge_agent.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)
 
+# Same person when the cosine of flip-averaged embeddings reaches this: FMR 1e-3 over the
+# cross-identity pairs of the LFW pairsDevTrain images (benchmarks/recognizer_accuracy.py).
+SAME_PERSON_THRESHOLD = 0.9302
+
 # Bump when the port or its export changes, so stale cached builds are not reused.
 RECOGNIZER_BUILD = "dlib_resnet_v1-port1"
 

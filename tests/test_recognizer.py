@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.face.detect import FaceDetector
 from edge_agent.face.image_io import load_image
-from edge_agent.recognizer import SystemRecognizer, l2_normalize
+from edge_agent.recognizer import SAME_PERSON_THRESHOLD, SystemRecognizer, l2_normalize
 from training.datasets import read_lfw_pairs
 from training.evaluation import metrics
 from training.evaluation.judges import OnnxJudge, _dlib_models, dlib_chip, locate
@@ -25,8 +25,9 @@ def net() -> dlib_format.DlibNet:
 
 
 @pytest.fixture(scope="module")
-def system() -> SystemRecognizer:
-    return SystemRecognizer()
+def plain() -> SystemRecognizer:
+    """The port alone, without flip averaging: what dlib itself computes."""
+    return SystemRecognizer(flip_average=False)
 
 
 def test_parser_reads_the_whole_network(net: dlib_format.DlibNet) -> None:
@@ -64,16 +65,16 @@ def lfw_chips(lfw_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def test_onnx_port_matches_dlib_on_210_lfw_chips(lfw_chips, system: SystemRecognizer) -> None:
+def test_onnx_port_matches_dlib_on_210_lfw_chips(lfw_chips, plain: SystemRecognizer) -> None:
     facerec = _dlib_models()[2]
     reference = np.stack([np.asarray(facerec.compute_face_descriptor(c)) for c, _ in lfw_chips])
-    ours = system.embed_chips(np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2BGR) for c, _ in lfw_chips]))
+    ours = plain.embed_chips(np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2BGR) for c, _ in lfw_chips]))
     cos = (l2_normalize(reference) * ours).sum(1)
     assert len(cos) >= 200
     assert cos.min() >= 0.999
 
 
-def test_torch_port_matches_its_onnx_export(lfw_chips, net, system: SystemRecognizer) -> None:
+def test_torch_port_matches_its_onnx_export(lfw_chips, net, plain: SystemRecognizer) -> None:
     from training.recognizer.dlib_resnet import from_dlib
 
     model = from_dlib(net)
@@ -81,14 +82,13 @@ def test_torch_port_matches_its_onnx_export(lfw_chips, net, system: SystemRecogn
     x = torch.from_numpy(bgr[..., ::-1].transpose(0, 3, 1, 2).copy()).float()
     with torch.no_grad():
         expected = l2_normalize(model(x).numpy())
-    np.testing.assert_allclose(system.embed_chips(bgr), expected, atol=1e-5)
+    np.testing.assert_allclose(plain.embed_chips(bgr), expected, atol=1e-5)
 
 
-def test_edge_pipeline_accuracy_on_lfw_pairs(
-    lfw_dir: Path, splits_dir: Path, system: SystemRecognizer
-) -> None:
-    pairs = read_lfw_pairs(splits_dir / "pairs_dev_only.txt")[::18]  # 301 pairs, both kinds
-    detector = FaceDetector()
+def test_edge_pipeline_accuracy_and_operating_threshold(lfw_dir: Path, splits_dir: Path) -> None:
+    """The default edge recognizer (YuNet chips, flip averaging) on 301 LFW pairs."""
+    pairs = read_lfw_pairs(splits_dir / "pairs_dev_only.txt")[::18]  # both kinds of pair
+    detector, system = FaceDetector(), SystemRecognizer()
     cache: dict[str, np.ndarray] = {}
 
     def emb(rel: str) -> np.ndarray:
@@ -100,8 +100,11 @@ def test_edge_pipeline_accuracy_on_lfw_pairs(
     scores = np.array([emb(a) @ emb(b) for a, b, _ in pairs])
     same = np.array([s for _, _, s in pairs])
     accuracy, _ = metrics.cross_validated_accuracy(scores, same)
-    assert accuracy >= 0.97
-    assert metrics.auc(scores[same], scores[~same]) >= 0.99
+    assert accuracy >= 0.98
+    assert metrics.auc(scores[same], scores[~same]) >= 0.995
+    # The shipped threshold (FMR 1e-3 on other images) holds on these pairs too.
+    assert metrics.accept_rate(scores[~same], SAME_PERSON_THRESHOLD) <= 0.01
+    assert metrics.accept_rate(scores[same], SAME_PERSON_THRESHOLD) >= 0.85
 
 
 def test_arcface_style_export_works_as_an_onnx_judge(tmp_path: Path, lfw_dir: Path) -> None:

@@ -17,9 +17,10 @@ class EmbeddingCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB)")
 
     @staticmethod
-    def key(judge_id: str, file: Path) -> str:
+    def key(judge_id: str, file: Path, where: str) -> str:
+        """Key an embedding by judge, file identity and where in the file the face is."""
         st = file.stat()
-        return f"{judge_id}|{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return f"{judge_id}|{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{where}"
 
     def get(self, key: str) -> np.ndarray | None:
         row = self.db.execute("SELECT vec FROM emb WHERE key = ?", (key,)).fetchone()
@@ -37,10 +38,13 @@ class EmbeddingCache:
 
 
 def embed_cached(judge, files: list[Path], items: list, cache_path: Path | None) -> np.ndarray:
-    """Embed ``items`` (image, FaceRef) with ``judge``, reusing embeddings cached per file."""
+    """Embed ``items`` (image, FaceRef) with ``judge``, reusing embeddings cached per face."""
     cache = EmbeddingCache(cache_path) if cache_path else None
     try:
-        keys = [EmbeddingCache.key(judge.cache_id, f) for f in files]
+        keys = [
+            EmbeddingCache.key(judge.cache_id, f, ref.tag())
+            for f, (_, ref) in zip(files, items, strict=True)
+        ]
         found = [cache.get(k) if cache else None for k in keys]
         todo = [i for i, e in enumerate(found) if e is None]
         if todo:

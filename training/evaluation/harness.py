@@ -27,7 +27,7 @@ from edge_agent.face.detect import FaceDetector, NoFaceError
 from edge_agent.face.image_io import ImageError, load_image
 from edge_agent.keys import flip_bits
 from edge_agent.progress import progress
-from edge_agent.recognizer import SystemRecognizer
+from edge_agent.recognizer import SAME_PERSON_THRESHOLD, SystemRecognizer
 from training.datasets import Triplet, identity_of, read_triplets
 from training.evaluation import metrics
 from training.evaluation.cache import embed_cached
@@ -38,9 +38,6 @@ from training.evaluation.measures import FaceMeasures, Measurer
 log = logging.getLogger(__name__)
 
 WRONG_BITS = (1, 3, 5, 16)
-# The system recognizer's same-person threshold (cosine), at FMR 1e-3 on LFW pairsDevTrain;
-# see benchmarks/recognizer_accuracy.py.
-SYSTEM_THRESHOLD = 0.9131
 
 
 @dataclass
@@ -120,19 +117,28 @@ class Harness:
             samples[rel].judge = e
 
     # -- anonymized --------------------------------------------------------------
-    def _jobs(self, triplets: list[Triplet]) -> list[tuple[str, str]]:
-        """Return the (image, key name) pairs to anonymize; key names are resolved by Keyring."""
-        jobs: dict[tuple[str, str], None] = {}
+    def _jobs(self, triplets: list[Triplet]) -> dict[tuple[str, str], bool]:
+        """Map each (image, key name) to anonymize to whether the judge must see the result.
+
+        Key names are resolved by the Keyring; keyless anonymizers use the name "".
+        ``G(y, kB)`` only serves KVFA, so it is made only for anonymizers that recover.
+        """
+        anon = self.cfg.anonymizer
+        jobs: dict[tuple[str, str], bool] = {}
         for t in triplets:
             a, b = identity_of(t.x1), identity_of(t.y)
-            for job in ((t.x1, a), (t.x2, a), (t.y, a), (t.x1, a + "#2"), (t.y, b)):
-                jobs[job if self.cfg.anonymizer.keyed else (job[0], "")] = None
-        return list(jobs)
+            wanted = [(t.x1, a, True), (t.x2, a, True), (t.y, a, True), (t.x1, a + "#2", True)]
+            if anon.recovers:
+                wanted.append((t.y, b, False))
+            for rel, key_name, judged in wanted:
+                job = (rel, key_name if anon.keyed else "")
+                jobs[job] = jobs.get(job, False) or judged
+        return jobs
 
-    def _virtuals(self, originals: dict[str, Sample], jobs: list) -> dict:
+    def _virtuals(self, originals: dict[str, Sample], jobs: dict) -> dict:
         anonymizer = self.cfg.anonymizer
         out = {}
-        for rel, key_name in progress(jobs, desc="anonymize"):
+        for rel, key_name in progress(list(jobs), desc="anonymize"):
             orig = originals[rel]
             key = self.keys.key(key_name) if anonymizer.keyed else None
             t0 = time.perf_counter()
@@ -145,10 +151,9 @@ class Harness:
                 self.measurer.measure(image, orig.ref, against=orig.measures),
                 anonymize_ms=ms,
             )
-        items = [(s.image, s.ref) for s in out.values()]
-        for s, e in zip(
-            out.values(), self.cfg.judge.embed(items, desc="judge anonymized"), strict=True
-        ):
+        judged = [out[job] for job, needed in jobs.items() if needed]
+        embs = self.cfg.judge.embed([(s.image, s.ref) for s in judged], desc="judge anonymized")
+        for s, e in zip(judged, embs, strict=True):
             s.judge = e
         return out
 
@@ -180,56 +185,59 @@ class Harness:
                 continue
             seen.add(a)
             orig = run.originals[t.x1]
-            row = [orig.image, self._v(run, t.x1, a).image]
             if anon.keyed:
                 third = anon.anonymize(orig.image, orig.ref.face, self.keys.key(a + "#3"))
-                row += [self._v(run, t.x1, a + "#2").image, third]
+                row = [
+                    orig.image,
+                    run.virtuals[t.x1, a].image,
+                    run.virtuals[t.x1, a + "#2"].image,
+                    third,
+                ]
+            else:
+                row = [orig.image, run.virtuals[t.x1, ""].image]
             out.append(row)
             if len(out) >= rows:
                 break
         labels = ["original", "key 1", "key 2", "key 3"] if anon.keyed else ["original", anon.name]
         return out, labels
 
-    def _v(self, run: EvalRun, rel: str, key_name: str) -> Sample:
-        return run.virtuals[rel, key_name if self.cfg.anonymizer.keyed else ""]
+    def _jscores(self, pairs: list[tuple[Sample, Sample]]) -> np.ndarray:
+        a = np.stack([p.judge for p, _ in pairs])
+        b = np.stack([q.judge for _, q in pairs])
+        return self.cfg.judge.score(a, b)
 
     def _score(self, run: EvalRun) -> dict:
-        judge, o, keyed = self.cfg.judge, run.originals, self.cfg.anonymizer.keyed
-        ts = run.triplets
+        judge, anon, o, ts = self.cfg.judge, self.cfg.anonymizer, run.originals, run.triplets
         A = [identity_of(t.x1) for t in ts]
 
-        def jscores(pairs: list[tuple[Sample, Sample]]) -> np.ndarray:
-            return judge.score(
-                np.stack([a.judge for a, _ in pairs]), np.stack([b.judge for _, b in pairs])
-            )
-
-        gen = jscores([(o[t.x1], o[t.x2]) for t in ts])
-        imp = jscores([(o[t.x1], o[t.y]) for t in ts])
-        _, thr = metrics.eer(gen, imp)
+        gen = self._jscores([(o[t.x1], o[t.x2]) for t in ts])
+        imp = self._jscores([(o[t.x1], o[t.y]) for t in ts])
+        _, thr = metrics.eer(gen, imp)  # the judge's own "same identity" rule
         run.scores["judge on originals"] = (gen, imp)
 
-        v11 = [self._v(run, t.x1, a) for t, a in zip(ts, A, strict=True)]
-        v21 = [self._v(run, t.x2, a) for t, a in zip(ts, A, strict=True)]
-        vy = [self._v(run, t.y, a) for t, a in zip(ts, A, strict=True)]
-        anon_pairs = [
-            *zip(v11, [o[t.x1] for t in ts], strict=True),
-            *zip(v21, [o[t.x2] for t in ts], strict=True),
-            *zip(vy, [o[t.y] for t in ts], strict=True),
-        ]
+        def v(rel: str, key_name: str) -> Sample:
+            return run.virtuals[rel, key_name if anon.keyed else ""]
+
+        v11 = [v(t.x1, a) for t, a in zip(ts, A, strict=True)]
+        v21 = [v(t.x2, a) for t, a in zip(ts, A, strict=True)]
+        vy = [v(t.y, a) for t, a in zip(ts, A, strict=True)]
+        v12 = [v(t.x1, a + "#2") for t, a in zip(ts, A, strict=True)]
+        same_person = list(zip(v11, v21, strict=True))
+        other_person = list(zip(v11, vy, strict=True))
+        anonymity_pairs = [(v11[i], o[t.x1]) for i, t in enumerate(ts)]
+        anonymity_pairs += [(v21[i], o[t.x2]) for i, t in enumerate(ts)]
+        anonymity_pairs += [(vy[i], o[t.y]) for i, t in enumerate(ts)]
 
         def different(pairs: list) -> float:
-            return float((jscores(pairs) < thr).mean())
+            return float((self._jscores(pairs) < thr).mean())
 
-        sync_g, sync_i = (
-            jscores(list(zip(v11, v21, strict=True))),
-            jscores(list(zip(v11, vy, strict=True))),
+        sync = (self._jscores(same_person), self._jscores(other_person))
+        run.scores["synchronism (judge)"] = sync
+        system = tuple(
+            np.array([p.system @ q.system for p, q in pairs])
+            for pairs in (same_person, other_person)
         )
-        run.scores["synchronism (judge)"] = (sync_g, sync_i)
-        sys_g = np.array([a.system @ b.system for a, b in zip(v11, v21, strict=True)])
-        sys_i = np.array([a.system @ b.system for a, b in zip(v11, vy, strict=True)])
-        run.scores["virtual verify (system)"] = (sys_g, sys_i)
-        sync_eer, _ = metrics.eer(sync_g, sync_i)
-
+        run.scores["virtual verify (system)"] = system
         virt = list(run.virtuals.values())
         res = {
             "n_triplets": len(ts),
@@ -237,31 +245,28 @@ class Harness:
             "threshold": round(judge.to_native(thr), 6),
             "judge_metric": judge.metric,
             "judge_auc_original": metrics.auc(gen, imp),
-            "anonymizer": self.cfg.anonymizer.name,
-            "anonymity": different(anon_pairs),
-            "diversity": different(
-                [(a, self._v(run, t.x1, n + "#2")) for a, t, n in zip(v11, ts, A, strict=True)]
-            )
-            if keyed
-            else None,
-            "differentiation": different(list(zip(v11, vy, strict=True))),
-            "synchronism_auc": metrics.auc(sync_g, sync_i),
-            "synchronism_eer": sync_eer,
-            "virtual_verify_auc": metrics.auc(sys_g, sys_i),
+            "anonymizer": anon.name,
+            "anonymity": different(anonymity_pairs),
+            "diversity": different(list(zip(v11, v12, strict=True))) if anon.keyed else None,
+            "differentiation": different(other_person),
+            "synchronism_auc": metrics.auc(*sync),
+            "synchronism_eer": metrics.eer(*sync)[0],
+            "virtual_verify_auc": metrics.auc(*system),
             **Measurer.summarize([s.measures for s in virt]),
             "brisque_original": float(np.mean([s.measures.brisque for s in o.values()])),
             "ms_per_face": float(np.mean([s.anonymize_ms for s in virt])),
+            "kvfa_crr": None,
+            "kvfa_far": None,
+            "kvfa_auc": None,
+            "wrong_key_accept": None,
         }
-        res.update(
-            self._kvfa(run, ts, A)
-            if keyed and self.cfg.anonymizer.recovers
-            else {"kvfa_crr": None, "kvfa_far": None, "kvfa_auc": None, "wrong_key_accept": None}
-        )
-        res["kvfa_threshold"] = SYSTEM_THRESHOLD if res["kvfa_crr"] is not None else None
+        if anon.keyed and anon.recovers:
+            res.update(self._kvfa(run, ts, A))
         return res
 
     def _kvfa(self, run: EvalRun, ts: list[Triplet], A: list[str]) -> dict:
-        anon, o, thr = self.cfg.anonymizer, run.originals, SYSTEM_THRESHOLD
+        anon, o = self.cfg.anonymizer, run.originals
+        thr = getattr(anon, "threshold", SAME_PERSON_THRESHOLD)  # a model may bring its own
 
         def rec(rel: str, key_name: str, key: bytes | None = None) -> np.ndarray:
             s = run.virtuals[rel, key_name]
@@ -289,4 +294,5 @@ class Harness:
             "kvfa_auc": metrics.auc(gen, imp),
             "wrong_key_accept": wrong,
             "wrong_key_trials": len(ts) * self.cfg.wrong_key_trials,
+            "kvfa_threshold": thr,
         }

@@ -34,27 +34,26 @@ class FaceRef:
     dlib_box: tuple[int, int, int, int]  # left, top, right, bottom
     dlib_detected: bool
 
+    def tag(self) -> str:
+        """Return a short string that changes whenever the location would change."""
+        points = ",".join(f"{v:.1f}" for v in self.face.landmarks.ravel())
+        return f"{self.dlib_box}|{points}"
+
 
 def locate(image: np.ndarray, face: Face) -> FaceRef:
     """Find dlib's own box for this face, falling back to YuNet's box when HOG misses it."""
-    import dlib
-
     hog = _dlib_models()[0]
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     x, y, w, h = face.box
     cx, cy = x + w / 2, y + h / 2
     near = [d for d in hog(rgb, 1) if np.hypot(d.center().x - cx, d.center().y - cy) < w / 3]
     if near:
-        d: dlib.rectangle = near[0]
+        d = near[0]
         return FaceRef(face, (d.left(), d.top(), d.right(), d.bottom()), True)
-    # HOG boxes are square and sit lower and tighter than YuNet's; mimic that.
-    side = 0.9 * max(w, h)
-    box = (
-        round(cx - side / 2),
-        round(cy - side / 2 + 0.08 * h),
-        round(cx + side / 2),
-        round(cy + side / 2 + 0.08 * h),
-    )
+    # HOG boxes are square, 0.85 of YuNet's longer side and 0.035 of its height lower
+    # (means over 200 LFW faces where both detectors fired).
+    side, cy = 0.85 * max(w, h), cy + 0.035 * h
+    box = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
     return FaceRef(face, box, False)
 
 
