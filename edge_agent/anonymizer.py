@@ -32,9 +32,9 @@ class Anonymizer(ABC):
     def anonymize(self, image: np.ndarray, face: Face, key: bytes | None = None) -> np.ndarray:
         """Return a copy of ``image`` with ``face`` replaced."""
         if self.keyed:
-            key = check_key(key) if key is not None else None
             if key is None:
                 raise ValueError(f"anonymizer {self.name!r} needs a subject key")
+            key = check_key(key)
         aligned = align(image, face.landmarks, self.spec)
         chip = self.transform_chip(aligned.chip, key)
         return paste_back(image, chip, aligned.matrix, self.mask)

@@ -27,12 +27,22 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     return [register_eval, register_recognizer]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kfaar")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="kfaar",
         description="Privacy-preserving face authentication with key-driven virtual faces.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "-v",
         "--verbose",

@@ -64,12 +64,13 @@ class Measurer:
         except PoseEstimationError as exc:
             log.debug("no pose: %s", exc)
             pose = None
+        # BRISQUE on the face chip, not the frame: the face is what changed (FID too is
+        # computed on face crops), and the background would dilute the score.
+        chip = align(image, ref.face.landmarks, DLIB_150).chip
         m = FaceMeasures(
             pose=pose,
             expression=int(np.argmax(self.fer.predict(image, box))),
-            # On the face chip, not the frame: the face is what changed (FID too is
-            # computed on face crops), and the background would dilute the score.
-            brisque=float(self.brisque.compute(align(image, ref.face.landmarks, DLIB_150).chip)[0]),
+            brisque=float(self.brisque.compute(chip)[0]),
         )
         if against is not None:
             m.detected = any(iou(f.box, ref.face.box) >= 0.3 for f in self.detector.detect(image))
