@@ -1,9 +1,11 @@
-"""Locate files shipped inside the installed package."""
+"""Locate files shipped inside the installed package, and the cache for built ones."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+CACHE_ENV = "KFAAR_CACHE_DIR"
 _PACKAGES = Path(__file__).resolve().parent.parent
 
 
@@ -15,13 +17,8 @@ def asset_path(name: str, package: str = "edge_agent") -> Path:
     return path
 
 
-CACHE_ENV = "KFAAR_CACHE_DIR"
-
-
 def cache_dir() -> Path:
     """Return the cache folder for artifacts built on first use (``$KFAAR_CACHE_DIR``)."""
-    import os
-
     root = os.environ.get(CACHE_ENV)
     path = Path(root).expanduser() if root else Path.home() / ".cache" / "kfaar"
     path.mkdir(parents=True, exist_ok=True)
