@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -125,7 +126,9 @@ class DlibJudge(Judge):
         if self.workers <= 1 or len(items) < 8:
             out = [_dlib_embed(it) for it in progress(items, desc=desc)]
         else:
-            with ProcessPoolExecutor(self.workers) as pool:
+            # forkserver: forking a process that runs onnxruntime threads can deadlock.
+            context = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
                 mapped = pool.map(_dlib_embed, items, chunksize=4)
                 out = list(progress(mapped, total=len(items), desc=desc))
         return np.stack(out)
