@@ -18,10 +18,6 @@ class ChipSpec:
     size: int
     points: np.ndarray  # (5, 2): image-left eye, image-right eye, nose, mouth left, mouth right
 
-    def resized(self, size: int) -> ChipSpec:
-        """Return the same geometry at another resolution."""
-        return ChipSpec(f"{self.name}@{size}", size, self.points * (size / self.size))
-
 
 # The standard ArcFace/InsightFace template for 112x112 chips.
 ARCFACE_112 = ChipSpec(
