@@ -20,14 +20,13 @@ import sys
 import cv2
 import numpy as np
 
-from edge_agent.assets import cache_dir
 from edge_agent.face.align import DLIB_150, align
 from edge_agent.face.detect import FaceDetector
 from edge_agent.progress import progress
 from edge_agent.recognizer import SystemRecognizer, l2_normalize
 from training.datasets import data_root, identity_of, read_lfw_pairs
 from training.evaluation import metrics
-from training.evaluation.cache import embed_cached
+from training.evaluation.cache import default_cache_path, embed_cached
 from training.evaluation.judges import DlibJudge, dlib_chip, locate
 
 log = logging.getLogger("recognizer_accuracy")
@@ -46,10 +45,11 @@ def embed_all(paths: list[str], judge: DlibJudge) -> dict:
         dlib_chips.append(cv2.cvtColor(dlib_chip(image, ref), cv2.COLOR_RGB2BGR))
         yunet_chips.append(align(image, ref.face.landmarks, DLIB_150).chip)
     files = [lfw / p for p in paths]
-    cache = cache_dir() / "judge_embeddings.sqlite"
     out = {
         "paths": {p: i for i, p in enumerate(paths)},
-        "dlib": embed_cached(judge, files, list(zip(images, refs, strict=True)), cache),
+        "dlib": embed_cached(
+            judge, files, list(zip(images, refs, strict=True)), default_cache_path()
+        ),
         "hog_found": sum(r.dlib_detected for r in refs),
     }
     for flip in (False, True):

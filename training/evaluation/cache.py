@@ -1,4 +1,4 @@
-"""A small on-disk cache of judge embeddings of original images, keyed by file identity."""
+"""A small on-disk cache of judge embeddings of original images, keyed by file and face."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.assets import cache_dir
+
+
+def default_cache_path() -> Path:
+    """Return the judge-embedding cache shared by ``kfaar eval`` and the benchmarks."""
+    return cache_dir() / "judge_embeddings.sqlite"
+
 
 class EmbeddingCache:
-    """Map (judge, file path, size, mtime) to an embedding, in one SQLite file."""
+    """Map (judge, file path, size, mtime, face location) to an embedding, in SQLite."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

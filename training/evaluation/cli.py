@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from edge_agent.assets import asset_path, cache_dir
+from edge_agent.assets import asset_path
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from training.evaluation.baselines import make_anonymizer
+    from training.evaluation.cache import default_cache_path
     from training.evaluation.harness import EvalConfig, Harness
     from training.evaluation.judges import make_judge
     from training.evaluation.report import grid_image, write_report
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         wrong_key_trials=args.wrong_key_trials,
-        cache=None if args.no_cache else cache_dir() / "judge_embeddings.sqlite",
+        cache=None if args.no_cache else default_cache_path(),
     )
     harness = Harness(config)
     result = harness.run()
