@@ -30,6 +30,18 @@ def best_ms_per_face(fn: Callable[[], object], faces: int, repeat: int) -> float
     return min(times) * 1000 / faces
 
 
+def speed_table(rows: list[tuple[str, float]]) -> str:
+    """Format (pipeline, ms/face) rows as Markdown, with speed-ups against the first row."""
+    base = rows[0][1]
+    width = max(len(r[0]) for r in rows)
+    out = [
+        f"| {'pipeline':<{width}} | ms/face | speed-up vs dlib |",
+        f"|{'-' * (width + 2)}|---|---|",
+    ]
+    out += [f"| {name:<{width}} | {ms:.1f} | {base / ms:.2f}x |" for name, ms in rows]
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--faces", type=int, default=64)
@@ -74,14 +86,7 @@ def main() -> int:
                     best_ms_per_face(lambda s=system: s.embed_chips(bgr), n, args.repeat),
                 )
             )
-    base = rows[0][1]
-    width = max(len(r[0]) for r in rows)
-    out = [
-        f"| {'pipeline':<{width}} | ms/face | speed-up vs dlib |",
-        f"|{'-' * (width + 2)}|---|---|",
-    ]
-    out += [f"| {name:<{width}} | {ms:.1f} | {base / ms:.1f}x |" for name, ms in rows]
-    sys.stdout.write(f"{n} LFW chips of 150x150, best of {args.repeat}\n" + "\n".join(out) + "\n")
+    sys.stdout.write(f"{n} LFW chips of 150x150, best of {args.repeat}\n{speed_table(rows)}")
     return 0
 
 

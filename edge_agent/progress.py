@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -11,10 +11,10 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
+def progress(items: Iterable[T], total: int | None = None, desc: str = "", **kw) -> tqdm:
     """Wrap ``items`` in a tqdm bar; ``KFAAR_NO_PROGRESS=1`` turns bars off."""
     disable = bool(os.environ.get("KFAAR_NO_PROGRESS"))
-    yield from tqdm(
+    return tqdm(
         items,
         total=total,
         desc=desc,
@@ -22,4 +22,5 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> It
         mininterval=1.0,
         dynamic_ncols=True,
         leave=False,
+        **kw,
     )

@@ -52,7 +52,10 @@ def test_scramble_is_inverted_only_by_its_key(portrait) -> None:
     assert (mixed != other).mean() > 0.5  # another key, another arrangement
 
 
-@pytest.mark.parametrize("spec", ["blur:0", "pixelate:0", "pixelate:x", "mosaic", "identity:2"])
+@pytest.mark.parametrize(
+    "spec",
+    ["blur:0", "pixelate:0", "pixelate:x", "mosaic", "identity:2", "hpvfg:fp16", "nowhere:int8"],
+)
 def test_bad_specs_are_refused(spec: str) -> None:
     with pytest.raises(ValueError):
         make_anonymizer(spec)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 from edge_agent.anonymizer import Anonymizer
 from edge_agent.face.align import align
 from edge_agent.face.detect import Face
+from edge_agent.hpvfg import PRECISIONS, Bundle, HpvfgAnonymizer
 from edge_agent.keys import check_key, seeded_rng
 from edge_agent.recognizer import SystemRecognizer
 
@@ -107,10 +110,11 @@ BASELINES = {
 
 
 def make_anonymizer(spec: str) -> Anonymizer:
-    """Build an anonymizer from ``identity``, ``blur[:SIGMA]``, ``pixelate[:N]`` or ``scramble``.
+    """Build an anonymizer from a spec.
 
-    Trained HPVFG models (a path, or ``default`` for the installed one) arrive with the
-    models; until then such a spec is refused with a clear message.
+    ``identity``, ``blur[:SIGMA]``, ``pixelate[:N]`` and ``scramble`` are the baselines;
+    ``hpvfg[:int8]`` is the packaged trained model and ``DIR[:int8]`` a bundle folder
+    written by ``kfaar export``.
     """
     name, _, arg = spec.partition(":")
     if name in ("identity", "scramble") and not arg:
@@ -119,7 +123,10 @@ def make_anonymizer(spec: str) -> Anonymizer:
         return BlurAnonymizer(float(arg)) if arg else BlurAnonymizer()
     if name == "pixelate":
         return PixelateAnonymizer(int(arg)) if arg else PixelateAnonymizer()
+    if arg in ("", *PRECISIONS) and (name == "hpvfg" or Path(name).is_dir()):
+        bundle = Bundle.load(None if name == "hpvfg" else Path(name))
+        return HpvfgAnonymizer(bundle, arg or "fp32")
     raise ValueError(
-        f"unknown anonymizer {spec!r}: use identity, blur[:SIGMA], pixelate[:N] or scramble "
-        "(no trained model is installed in this version)"
+        f"unknown anonymizer {spec!r}: use identity, blur[:SIGMA], pixelate[:N], scramble, "
+        "hpvfg[:int8] or a model bundle folder [:int8]"
     )

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--anonymizer",
         default="identity",
-        help="identity, blur[:SIGMA], pixelate[:N] or scramble (default: identity)",
+        help="hpvfg[:int8] (the shipped model), a bundle folder from kfaar export [:int8], "
+        "or a baseline: identity, blur[:SIGMA], pixelate[:N], scramble (default: identity)",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
     p.add_argument(

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_agent.face.align import ARCFACE_112, DLIB_150, similarity_transform
+from training.onnx_export import export_onnx
 from training.recognizer import dlib_format
 from training.recognizer.dlib_resnet import DlibResNet, from_dlib
-
-log = logging.getLogger(__name__)
-OPSET = 17
 
 
 def load_port() -> DlibResNet:
@@ -27,32 +21,7 @@ def load_port() -> DlibResNet:
 
 
 def _export(model: nn.Module, example: torch.Tensor, path: Path, in_name: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a crash never leaves a half-written model.
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            # Shapes are static at the chip size, so the tracer's shape warnings are expected.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is intended
-            torch.onnx.export(
-                model.eval(),
-                (example,),
-                tmp,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[in_name],
-                output_names=["embedding"],
-                dynamic_axes={in_name: {0: "batch"}, "embedding": {0: "batch"}},
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    log.info("wrote %s", path)
-    return path
+    return export_onnx(model, {in_name: example}, ["embedding"], path)
 
 
 def export_recognizer(path: Path, model: DlibResNet | None = None) -> Path:
