@@ -21,10 +21,13 @@ class CliError(Exception):
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    from auth_service.cli import register as register_serve
+    from edge_agent.keys_cli import register as register_keys
     from training.evaluation.cli import register as register_eval
+    from training.hpvfg.cli import register as register_hpvfg
     from training.recognizer.cli import register as register_recognizer
 
-    return [register_eval, register_recognizer]
+    return [register_eval, register_keys, register_hpvfg, register_recognizer, register_serve]
 
 
 def _version() -> str:

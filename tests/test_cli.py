@@ -38,6 +38,10 @@ def test_every_command_has_help(command: tuple[str, ...], capsys) -> None:
         (["eval", "--out", "result.txt"], ".json"),
         (["eval", "--anonymizer", "blur:-1"], "positive"),
         (["recognizer", "export-arcface", "model.txt"], ".onnx"),
+        (["eval", "--anonymizer", "hpvfg:fp16"], "unknown anonymizer"),
+        (["train", "--out", "run", "--steps", "0"], "--steps"),
+        (["train", "--out", "run", "--data-root", "/no/such/root"], "need /no/such/root/lfw"),
+        (["export", "/no/such.pt", "--out", "b", "--version", "1"], "no checkpoint"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args: list[str], message: str, capsys) -> None:

@@ -39,3 +39,30 @@ def test_stubs_import_and_round_trip() -> None:
     )
     back = common_pb2.Embedding.FromString(msg.SerializeToString())
     assert list(back.values) == [0.5, -0.25] and back.model.version == "1.0.0"
+
+
+# The only byte fields on the wire: device proof material and public keys, each of a
+# fixed small size that the service checks. Nothing else could smuggle an image or a key.
+ALLOWED_BYTES = {
+    "kfaar.v1.DeviceProof.nonce",
+    "kfaar.v1.DeviceProof.signature",
+    "kfaar.v1.RegisterDeviceRequest.verify_key",
+}
+
+
+def test_no_message_has_room_for_an_image_or_a_key() -> None:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from kfaar_pb.v1 import auth_pb2, common_pb2
+
+    seen = []
+    for module in (auth_pb2, common_pb2):
+        for message in module.DESCRIPTOR.message_types_by_name.values():
+            for field in message.fields:
+                name = field.full_name
+                seen.append(name)
+                if field.type == FieldDescriptor.TYPE_BYTES:
+                    assert name in ALLOWED_BYTES, f"{name} is a bytes field"
+                for word in ("image", "frame", "chip", "pixel", "secret", "subject_key"):
+                    assert word not in field.name, f"{name} looks like it carries {word}"
+    assert "kfaar.v1.Embedding.values" in seen and len(seen) > 30

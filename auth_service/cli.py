@@ -1,0 +1,76 @@
+"""``kfaar serve``: run the KVFA authentication service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC authentication service",
+        description="Serve AuthService and AdminService (plus health and reflection). Every "
+        "flag has an environment variable for deployments.",
+    )
+    p.add_argument("--port", type=int, default=int(_env("KFAAR_PORT", "50051")), help="$KFAAR_PORT")
+    p.add_argument("--host", default=_env("KFAAR_HOST", "127.0.0.1"), help="$KFAAR_HOST")
+    p.add_argument("--db", type=Path, default=Path(_env("KFAAR_DB", "kfaar.db")), help="$KFAAR_DB")
+    p.add_argument("--insecure", action="store_true", help="plaintext, for loopback only")
+    p.add_argument("--tls-cert", type=Path, default=_env("KFAAR_TLS_CERT"), help="$KFAAR_TLS_CERT")
+    p.add_argument("--tls-key", type=Path, default=_env("KFAAR_TLS_KEY"), help="$KFAAR_TLS_KEY")
+    p.add_argument(
+        "--client-ca",
+        type=Path,
+        default=_env("KFAAR_TLS_CLIENT_CA"),
+        help="require client certificates from this CA (mTLS); $KFAAR_TLS_CLIENT_CA",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=_env("KFAAR_ADMIN_TOKEN_FILE"),
+        help="file holding the admin bearer token; $KFAAR_ADMIN_TOKEN_FILE",
+    )
+    p.add_argument(
+        "--allow-recovered",
+        action="store_true",
+        help="also accept RECOVERED (KVFA) templates: linkable across keys, opt-in",
+    )
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: shipped)")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from auth_service.server import ServerConfig, TLSFiles, serve_forever
+    from auth_service.servicer import Policy
+    from edge_agent.hpvfg import Bundle
+    from edge_agent.recognizer import SAME_PERSON_THRESHOLD
+    from kfaar_pb.v1 import common_pb2
+
+    if args.insecure == bool(args.tls_cert):
+        raise ValueError("give --tls-cert and --tls-key, or --insecure for loopback")
+    if args.insecure and args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("--insecure serves plaintext: only on a loopback --host")
+    tls = None if args.insecure else TLSFiles(args.tls_cert, args.tls_key, args.client_ca)
+    if tls is not None and not (tls.cert.is_file() and tls.key and tls.key.is_file()):
+        raise FileNotFoundError("--tls-cert and --tls-key must name readable files")
+    token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
+    bundle = Bundle.load(args.bundle)
+    thresholds = {common_pb2.EMBEDDING_SPACE_VIRTUAL: SAME_PERSON_THRESHOLD}
+    if args.allow_recovered:
+        thresholds[common_pb2.EMBEDDING_SPACE_RECOVERED] = bundle.manifest["kvfa_threshold"]
+    cfg = ServerConfig(
+        db=args.db,
+        policy=Policy(f"hpvfg/{bundle.version}", thresholds),
+        port=args.port,
+        host=args.host,
+        tls=tls,
+        admin_token=token,
+    )
+    serve_forever(cfg)
+    return 0

@@ -1,0 +1,130 @@
+"""Server-side authentication: app and admin tokens, and device proofs on every request.
+
+Tokens travel as ``authorization: Bearer <token>`` metadata. The service keeps only
+BLAKE2b hashes of app tokens (in the store) and of the admin token (in memory). Device
+proofs are checked on the deserialized request, so the interceptor wraps each unary
+handler; stream probes are checked one by one by the servicer with the same verifier.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+from collections.abc import Callable
+
+import grpc
+import nacl.encoding
+import nacl.hash
+import nacl.signing
+from google.protobuf.message import Message
+
+from auth_service.proof import NonceCache, ProofError, verify
+from auth_service.store import TemplateStore
+
+log = logging.getLogger(__name__)
+
+AUTH_SERVICE = "/kfaar.v1.AuthService/"
+ADMIN_SERVICE = "/kfaar.v1.AdminService/"
+# The caller's role for the servicer ("admin" or "app"), set for the duration of a call.
+CALLER_ROLE: contextvars.ContextVar[str] = contextvars.ContextVar("kfaar_caller_role", default="")
+
+
+def token_hash(token: str) -> bytes:
+    """Hash a bearer token for storage and comparison."""
+    return nacl.hash.blake2b(
+        token.encode(), digest_size=32, person=b"kfaar-app-token", encoder=nacl.encoding.RawEncoder
+    )
+
+
+def bearer(metadata: tuple | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return None
+
+
+class DeviceVerifier:
+    """Check a request's device proof against the registered verify key."""
+
+    def __init__(self, store: TemplateStore, nonces: NonceCache) -> None:
+        self.store, self.nonces = store, nonces
+
+    def check(self, method: str, request: Message) -> str:
+        """Return the verified device id, or raise ProofError."""
+        if not request.HasField("proof") or not request.proof.device_id:
+            raise ProofError("missing device proof")
+        raw = self.store.device_key(request.proof.device_id)
+        if raw is None:
+            raise ProofError(f"unknown device {request.proof.device_id!r}")
+        verify(method, request, nacl.signing.VerifyKey(raw), self.nonces)
+        return request.proof.device_id
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Admin token for AdminService; app or admin token plus a device proof for AuthService."""
+
+    def __init__(self, store: TemplateStore, verifier: DeviceVerifier, admin_hash: bytes | None):
+        self.store, self.verifier, self.admin_hash = store, verifier, admin_hash
+
+    def _role(self, metadata: tuple | None) -> str | None:
+        token = bearer(metadata)
+        if token is None:
+            return None
+        h = token_hash(token)
+        if self.admin_hash is not None and hmac.compare_digest(h, self.admin_hash):
+            return "admin"
+        return "app" if self.store.token_app(h) is not None else None
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = continuation(details)
+        method = details.method
+        if handler is None or not method.startswith((AUTH_SERVICE, ADMIN_SERVICE)):
+            return handler  # health checks and reflection stay open
+        role = self._role(details.invocation_metadata)
+        if role is None or (method.startswith(ADMIN_SERVICE) and role != "admin"):
+            why = "missing or unknown token" if role is None else "admin token required"
+            return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, why)
+        if handler.unary_unary is None:  # the stream checks each probe itself
+            return _with_role(handler, role)
+        inner = handler.unary_unary
+        verifier = self.verifier if method.startswith(AUTH_SERVICE) else None
+
+        def checked(request: Message, context: grpc.ServicerContext):
+            if verifier is not None:
+                try:
+                    verifier.check(method, request)
+                except ProofError as exc:
+                    log.info("refused %s: %s", method, exc)
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, f"device proof: {exc}")
+            CALLER_ROLE.set(role)
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked, handler.request_deserializer, handler.response_serializer
+        )
+
+
+def _refuse(handler, code: grpc.StatusCode, message: str):
+    def abort(request_or_iterator, context: grpc.ServicerContext):
+        context.abort(code, message)
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            abort, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        abort, handler.request_deserializer, handler.response_serializer
+    )
+
+
+def _with_role(handler, role: str):
+    inner = handler.stream_stream
+
+    def run(request_iterator, context: grpc.ServicerContext):
+        CALLER_ROLE.set(role)
+        yield from inner(request_iterator, context)
+
+    return grpc.stream_stream_rpc_method_handler(
+        run, handler.request_deserializer, handler.response_serializer
+    )

@@ -1,0 +1,118 @@
+"""Build and run the gRPC server: TLS or mTLS, interceptors, health, reflection, drain."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
+from auth_service.proof import DEFAULT_WINDOW_MS, NonceCache
+from auth_service.ratelimit import Backoff, BackoffPolicy
+from auth_service.servicer import AdminServicer, AuthServicer, Policy
+from auth_service.store import SqliteStore, TemplateStore
+from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20  # 32 templates of 128 floats are 17 KB; nothing needs more
+
+
+@dataclass
+class TLSFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: mTLS, clients must present a certificate from it
+
+
+@dataclass
+class ServerConfig:
+    db: Path
+    policy: Policy
+    port: int = 50051
+    host: str = "127.0.0.1"
+    tls: TLSFiles | None = None  # None: plaintext, for loopback only
+    admin_token: str | None = None
+    workers: int = 16
+    window_ms: int = DEFAULT_WINDOW_MS
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    store: TemplateStore
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Drain: refuse new calls, let running ones finish for ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
+    """Start the server; port 0 binds a free port (see ``Running.port``)."""
+    store = store or SqliteStore(cfg.db)
+    verifier = DeviceVerifier(store, NonceCache(cfg.window_ms))
+    admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.workers),
+        interceptors=[AuthInterceptor(store, verifier, admin_hash)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(store, cfg.policy, verifier, Backoff(cfg.backoff)), server
+    )
+    auth_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in auth_pb2.DESCRIPTOR.services_by_name.values()]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{cfg.host}:{cfg.port}"
+    if cfg.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        ca = cfg.tls.client_ca.read_bytes() if cfg.tls.client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(cfg.tls.key.read_bytes(), cfg.tls.cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+        port = server.add_secure_port(address, creds)
+    server.start()
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s:%d (%s)", cfg.host, port, "TLS" if cfg.tls else "plaintext")
+    return Running(server, port, store, health_servicer)
+
+
+def serve_forever(cfg: ServerConfig, grace: float = 5.0) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    running = start(cfg)
+    # The bound port on stdout (first line), for scripts that asked for port 0.
+    sys.stdout.write(f"serving on {cfg.host}:{running.port}\n")
+    sys.stdout.flush()
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("signal %d: draining for %.0f s", signum, grace)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    running.stop(grace)

@@ -1,0 +1,291 @@
+"""The template store: one interface, embedded SQLite by default (WAL, migrations).
+
+It keeps only what DESIGN.md section 3 allows: templates under pseudonymous subject ids,
+tagged with model version and embedding space; device verify keys; hashed app tokens;
+replies kept for idempotent retries; and an audit log without embeddings.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EMBED_DIM = 128
+
+# Each entry upgrades the schema by one version; never edit a released entry.
+MIGRATIONS = (
+    """
+    CREATE TABLE templates (
+        id INTEGER PRIMARY KEY,
+        subject_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        space INTEGER NOT NULL,
+        vector BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX templates_gallery ON templates (model, space);
+    CREATE INDEX templates_subject ON templates (subject_id);
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY, verify_key BLOB NOT NULL, created REAL NOT NULL
+    );
+    CREATE TABLE app_tokens (
+        app_name TEXT PRIMARY KEY, token_hash BLOB NOT NULL, created REAL NOT NULL
+    );
+    CREATE TABLE replies (
+        idempotency_key TEXT PRIMARY KEY, method TEXT NOT NULL, reply BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        device_id TEXT,
+        method TEXT NOT NULL,
+        subject_id TEXT,
+        outcome TEXT NOT NULL
+    );
+    """,
+)
+
+
+class StoreError(Exception):
+    """A stored value is missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """All templates of one model version and space: ids (N,) and unit vectors (N, 128)."""
+
+    subjects: list[str]
+    vectors: np.ndarray
+
+
+class TemplateStore(ABC):
+    """What the service needs from storage; SQLite and PostgreSQL implement it."""
+
+    @abstractmethod
+    def enroll(self, subject: str, model: str, space: int, vectors: np.ndarray) -> int: ...
+
+    @abstractmethod
+    def replace(self, subject: str, model: str, space: int, vectors: np.ndarray) -> int: ...
+
+    @abstractmethod
+    def revoke(self, subject: str) -> int: ...
+
+    @abstractmethod
+    def subject_templates(self, subject: str) -> tuple[list[tuple[str, int]], np.ndarray]: ...
+
+    @abstractmethod
+    def gallery(self, model: str, space: int) -> Gallery: ...
+
+    @abstractmethod
+    def put_device(self, device_id: str, verify_key: bytes) -> None: ...
+
+    @abstractmethod
+    def device_key(self, device_id: str) -> bytes | None: ...
+
+    @abstractmethod
+    def remove_device(self, device_id: str) -> bool: ...
+
+    @abstractmethod
+    def put_token(self, app_name: str, token_hash: bytes) -> None: ...
+
+    @abstractmethod
+    def token_app(self, token_hash: bytes) -> str | None: ...
+
+    @abstractmethod
+    def remove_token(self, app_name: str) -> bool: ...
+
+    @abstractmethod
+    def once(self, key: str, method: str, compute: Callable[[], bytes]) -> bytes: ...
+
+    @abstractmethod
+    def audit(
+        self, device_id: str | None, method: str, subject: str | None, outcome: str
+    ) -> None: ...
+
+
+def _blob(vectors: np.ndarray) -> list[bytes]:
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != EMBED_DIM:
+        raise StoreError(f"expected (N, {EMBED_DIM}) vectors, got {v.shape}")
+    return [row.tobytes() for row in v]
+
+
+class SqliteStore(TemplateStore):
+    """SQLite in WAL mode; one connection guarded by a lock (the service is I/O-light)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.lock = threading.Lock()
+        self._once = threading.Lock()  # serializes idempotent operations: check, run, record
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.lock:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                self.db.executescript(f"BEGIN; {script} PRAGMA user_version = {i}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self.db)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            return out
+
+    def _insert(
+        self, db: sqlite3.Connection, subject: str, model: str, space: int, rows: list[bytes]
+    ) -> int:
+        now = time.time()
+        db.executemany(
+            "INSERT INTO templates (subject_id, model, space, vector, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(subject, model, space, r, now) for r in rows],
+        )
+        return len(rows)
+
+    def enroll(self, subject: str, model: str, space: int, vectors: np.ndarray) -> int:
+        rows = _blob(vectors)
+        return self._tx(lambda db: self._insert(db, subject, model, space, rows))
+
+    def replace(self, subject: str, model: str, space: int, vectors: np.ndarray) -> int:
+        """Swap all of a subject's templates in one transaction (rekey)."""
+        rows = _blob(vectors)
+
+        def run(db: sqlite3.Connection) -> int:
+            if not db.execute(
+                "SELECT 1 FROM templates WHERE subject_id = ?", (subject,)
+            ).fetchone():
+                raise StoreError(f"unknown subject {subject!r}")
+            db.execute("DELETE FROM templates WHERE subject_id = ?", (subject,))
+            return self._insert(db, subject, model, space, rows)
+
+        return self._tx(run)
+
+    def revoke(self, subject: str) -> int:
+        return self._tx(
+            lambda db: db.execute("DELETE FROM templates WHERE subject_id = ?", (subject,)).rowcount
+        )
+
+    def subject_templates(self, subject: str) -> tuple[list[tuple[str, int]], np.ndarray]:
+        """Return each template's (model, space) and the vectors (N, 128) of one subject."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT model, space, vector FROM templates WHERE subject_id = ? ORDER BY id",
+                (subject,),
+            ).fetchall()
+        tags = [(m, s) for m, s, _ in rows]
+        vecs = np.array([np.frombuffer(v, np.float32) for _, _, v in rows], np.float32).reshape(
+            -1, EMBED_DIM
+        )
+        return tags, vecs
+
+    def gallery(self, model: str, space: int) -> Gallery:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT subject_id, vector FROM templates "
+                "WHERE model = ? AND space = ? ORDER BY id",
+                (model, space),
+            ).fetchall()
+        vecs = np.array([np.frombuffer(v, np.float32) for _, v in rows], np.float32).reshape(
+            -1, EMBED_DIM
+        )
+        return Gallery([s for s, _ in rows], vecs)
+
+    def put_device(self, device_id: str, verify_key: bytes) -> None:
+        self._tx(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?)",
+                (device_id, verify_key, time.time()),
+            )
+        )
+
+    def device_key(self, device_id: str) -> bytes | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT verify_key FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def remove_device(self, device_id: str) -> bool:
+        return bool(
+            self._tx(
+                lambda db: (
+                    db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount
+                )
+            )
+        )
+
+    def put_token(self, app_name: str, token_hash: bytes) -> None:
+        sql = "INSERT OR REPLACE INTO app_tokens VALUES (?, ?, ?)"
+        self._tx(lambda db: db.execute(sql, (app_name, token_hash, time.time())))
+
+    def token_app(self, token_hash: bytes) -> str | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT app_name FROM app_tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def remove_token(self, app_name: str) -> bool:
+        sql = "DELETE FROM app_tokens WHERE app_name = ?"
+        return bool(self._tx(lambda db: db.execute(sql, (app_name,)).rowcount))
+
+    def once(self, key: str, method: str, compute: Callable[[], bytes]) -> bytes:
+        """Return the stored reply for ``key``, or compute, store and return it (exactly once)."""
+        with self._once:
+            with self.lock:
+                row = self.db.execute(
+                    "SELECT method, reply FROM replies WHERE idempotency_key = ?", (key,)
+                ).fetchone()
+            if row is not None:
+                if row[0] != method:
+                    raise StoreError(f"idempotency key reused for {row[0]}")
+                return bytes(row[1])
+            reply = compute()
+            self._tx(
+                lambda db: db.execute(
+                    "INSERT INTO replies VALUES (?, ?, ?, ?)", (key, method, reply, time.time())
+                )
+            )
+            return reply
+
+    def audit(self, device_id: str | None, method: str, subject: str | None, outcome: str) -> None:
+        self._tx(
+            lambda db: db.execute(
+                "INSERT INTO audit (at, device_id, method, subject_id, outcome) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (time.time(), device_id, method, subject, outcome),
+            )
+        )
+
+    def audit_log(self) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(
+                "SELECT at, device_id, method, subject_id, outcome FROM audit ORDER BY id"
+            ).fetchall()
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()

@@ -1,0 +1,261 @@
+"""The gRPC service on a real loopback port: the flow, the auth layers, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import nacl.signing
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from auth_service.proof import sign
+from auth_service.ratelimit import BackoffPolicy
+from auth_service.server import ServerConfig, start
+from auth_service.servicer import Policy
+from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+
+ADMIN = "admin-secret-token"
+MODEL = common_pb2.ModelVersion(name="hpvfg", version="1.0.0")
+VIRTUAL = common_pb2.EMBEDDING_SPACE_VIRTUAL
+THRESHOLD = 0.93
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(128)
+    return v / np.linalg.norm(v)
+
+
+def emb(v, model=MODEL, space=VIRTUAL) -> common_pb2.Embedding:
+    return common_pb2.Embedding(values=list(v), model=model, space=space)
+
+
+class Client:
+    """A device plus an app token: signs every request like the edge agent does."""
+
+    def __init__(self, port: int, token: str, device: str, key: nacl.signing.SigningKey):
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.meta = (("authorization", f"Bearer {token}"),)
+        self.device, self.key = device, key
+
+    def call(self, name: str, request, signed: bool = True):
+        if signed:
+            sign(f"/kfaar.v1.AuthService/{name}", request, self.device, self.key)
+        return getattr(self.stub, name)(request, metadata=self.meta, timeout=10)
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    cfg = ServerConfig(
+        db=tmp_path / "kfaar.db",
+        policy=Policy("hpvfg/1.0.0", {VIRTUAL: THRESHOLD}),
+        port=0,
+        admin_token=ADMIN,
+        workers=4,
+        backoff=BackoffPolicy(free_failures=3, base_s=30),
+    )
+    running = start(cfg)
+    admin_channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    admin = auth_pb2_grpc.AdminServiceStub(admin_channel)
+    meta = (("authorization", f"Bearer {ADMIN}"),)
+    key = nacl.signing.SigningKey.generate()
+    admin.RegisterDevice(
+        auth_pb2.RegisterDeviceRequest(device_id="door-1", verify_key=key.verify_key.encode()),
+        metadata=meta,
+    )
+    token = admin.CreateAppToken(
+        auth_pb2.CreateAppTokenRequest(app_name="app"), metadata=meta
+    ).token
+    yield (
+        running,
+        Client(running.port, token, "door-1", key),
+        Client(running.port, ADMIN, "door-1", key),
+    )
+    running.stop(0)
+
+
+def code(fn) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as exc:
+        fn()
+    return exc.value.code()
+
+
+def test_enroll_verify_identify_rekey_revoke(service) -> None:
+    running, app, admin = service
+    a = unit(1)
+    near = a + 0.05 * unit(2)
+    reply = app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(a)]))
+    assert reply.templates_stored == 1
+    app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-b", templates=[emb(unit(3))]))
+    ok = app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(near)))
+    assert ok.match and not ok.HasField("score")  # apps get decisions, not scores
+    assert not app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-b", probe=emb(near))).match
+    scored = admin.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(near)))
+    assert scored.HasField("score") and scored.score > THRESHOLD
+    found = app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(near), top_k=3))
+    assert [c.subject_id for c in found.candidates] == ["s-a"]
+    new = unit(4)  # the key holder re-made the template under a new key
+    app.call("Rekey", auth_pb2.RekeyRequest(subject_id="s-a", templates=[emb(new)]))
+    assert not app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(near))).match
+    assert app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(new))).match
+    assert app.call("Revoke", auth_pb2.RevokeRequest(subject_id="s-a")).templates_removed == 1
+    missing = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(new))
+    assert code(lambda: app.call("Verify", missing)) == grpc.StatusCode.NOT_FOUND
+    assert all("values" not in str(row) for row in running.store.audit_log())
+
+
+def test_idempotent_enroll_stores_once(service) -> None:
+    running, app, _ = service
+    req = auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(unit(1))], idempotency_key="k1")
+    app.call("Enroll", req)
+    app.call("Enroll", req)  # a retry from the outbox, re-signed with a fresh nonce
+    assert running.store.subject_templates("s-a")[1].shape == (1, 128)
+
+
+def _signed_verify(app: Client, **proof) -> auth_pb2.VerifyRequest:
+    req = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(unit(1)))
+    sign("/kfaar.v1.AuthService/Verify", req, app.device, app.key)
+    for k, v in proof.items():
+        setattr(req.proof, k, v)
+    return req
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (lambda app: _signed_verify(app, device_id="door-9"), grpc.StatusCode.UNAUTHENTICATED),
+        (lambda app: _signed_verify(app, signature=bytes(64)), grpc.StatusCode.UNAUTHENTICATED),
+        (
+            lambda app: _signed_verify(app, timestamp_ms=int(time.time() * 1000) - 3_600_000),
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        (lambda app: auth_pb2.VerifyRequest(subject_id="s-a"), grpc.StatusCode.UNAUTHENTICATED),
+    ],
+    ids=["unknown device", "bad signature", "stale timestamp", "no proof"],
+)
+def test_bad_proofs_are_refused(service, make, status) -> None:
+    _, app, _ = service
+    req = make(app)
+    assert code(lambda: app.call("Verify", req, signed=False)) == status
+
+
+def test_a_replayed_request_is_refused(service) -> None:
+    _, app, _ = service
+    app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(unit(1))]))
+    req = _signed_verify(app)
+    app.call("Verify", req, signed=False)
+    assert code(lambda: app.call("Verify", req, signed=False)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("templates", "status"),
+    [
+        ([emb(np.ones(64) / 8)], grpc.StatusCode.INVALID_ARGUMENT),
+        ([emb([float("nan")] * 128)], grpc.StatusCode.INVALID_ARGUMENT),
+        ([emb([float("inf")] * 128)], grpc.StatusCode.INVALID_ARGUMENT),
+        ([], grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            [emb(unit(1), model=common_pb2.ModelVersion(name="hpvfg", version="0.9"))],
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            [emb(unit(1), space=common_pb2.EMBEDDING_SPACE_RECOVERED)],
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+    ],
+    ids=["wrong dimension", "NaN", "Inf", "empty batch", "old model", "space not accepted"],
+)
+def test_bad_templates_are_refused_and_nothing_is_stored(service, templates, status) -> None:
+    running, app, _ = service
+    req = auth_pb2.EnrollRequest(subject_id="s-a", templates=templates)
+    assert code(lambda: app.call("Enroll", req)) == status
+    assert running.store.subject_templates("s-a")[1].shape == (0, 128)
+
+
+def test_oversized_messages_and_missing_tokens(service) -> None:
+    running, app, _ = service
+    big = auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(unit(1))] * 3000)
+    assert code(lambda: app.call("Enroll", big)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    anonymous = auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+    assert code(lambda: anonymous.Verify(_signed_verify(app))) == grpc.StatusCode.UNAUTHENTICATED
+    admin = auth_pb2_grpc.AdminServiceStub(app.channel)
+    req = auth_pb2.CreateAppTokenRequest(app_name="x")
+    assert (
+        code(lambda: admin.CreateAppToken(req, metadata=app.meta))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+def test_failed_verifications_back_off(service) -> None:
+    _, app, _ = service
+    app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(unit(1))]))
+    for _ in range(4):  # 3 free failures, then a lock-out
+        assert not app.call(
+            "Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(unit(7)))
+        ).match
+    req = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(unit(1)))
+    assert code(lambda: app.call("Verify", req)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_stream_authenticate_answers_each_probe(service) -> None:
+    _, app, _ = service
+    app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(unit(1))]))
+    good = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(unit(1)))
+    sign("/kfaar.v1.AuthService/Verify", good, app.device, app.key)
+    forged = auth_pb2.VerifyRequest()
+    forged.CopyFrom(good)
+    forged.proof.nonce = bytes(16)
+    ident = auth_pb2.IdentifyRequest(probe=emb(unit(1)), top_k=1)
+    sign("/kfaar.v1.AuthService/Identify", ident, app.device, app.key)
+    probes = [
+        auth_pb2.AuthProbe(verify=good, sequence=1),
+        auth_pb2.AuthProbe(verify=forged, sequence=2),
+        auth_pb2.AuthProbe(identify=ident, sequence=3),
+    ]
+    out = list(app.stub.StreamAuthenticate(iter(probes), metadata=app.meta, timeout=10))
+    assert [d.sequence for d in out] == [1, 2, 3]
+    assert out[0].verify.match
+    assert out[1].error_code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert out[2].identify.candidates[0].subject_id == "s-a"
+
+
+def test_health_is_served(service) -> None:
+    running, _, _ = service
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+    reply = stub.Check(health_pb2.HealthCheckRequest(service="kfaar.v1.AuthService"), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_kfaar_serve_runs_and_drains_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "serve",
+            "--insecure",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "kfaar.db"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()

@@ -1,0 +1,90 @@
+"""The SQLite template store: migrations, tags, transactions, idempotency, audit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auth_service.store import MIGRATIONS, SqliteStore, StoreError
+
+VIRTUAL, RECOVERED = 1, 2
+
+
+def _unit(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, 128)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "kfaar.db")
+
+
+def test_schema_is_migrated_in_wal_mode(store: SqliteStore, tmp_path: Path) -> None:
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    assert SqliteStore(tmp_path / "kfaar.db").schema_version == len(MIGRATIONS)  # idempotent
+
+
+def test_templates_are_tagged_and_galleries_do_not_mix(store: SqliteStore) -> None:
+    a, b = _unit(2, 0), _unit(1, 1)
+    assert store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, a) == 2
+    store.enroll("s-b", "hpvfg/1.0.0", RECOVERED, b)
+    store.enroll("s-c", "hpvfg/0.9.0", VIRTUAL, b)
+    g = store.gallery("hpvfg/1.0.0", VIRTUAL)
+    assert g.subjects == ["s-a", "s-a"]
+    np.testing.assert_array_equal(g.vectors, a)
+    tags, vecs = store.subject_templates("s-b")
+    assert tags == [("hpvfg/1.0.0", RECOVERED)] and vecs.shape == (1, 128)
+    with pytest.raises(StoreError, match="expected"):
+        store.enroll("s-d", "hpvfg/1.0.0", VIRTUAL, np.zeros((1, 64)))
+
+
+def test_rekey_replaces_atomically_and_revoke_removes(store: SqliteStore) -> None:
+    store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(3, 0))
+    new = _unit(1, 9)
+    assert store.replace("s-a", "hpvfg/1.0.0", VIRTUAL, new) == 1
+    np.testing.assert_array_equal(store.subject_templates("s-a")[1], new)
+    with pytest.raises(StoreError, match="unknown subject"):
+        store.replace("nobody", "hpvfg/1.0.0", VIRTUAL, new)
+    assert store.revoke("s-a") == 1 and store.revoke("s-a") == 0
+
+
+def test_a_failed_transaction_leaves_nothing(store: SqliteStore) -> None:
+    store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
+
+    def boom(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM templates")
+        raise RuntimeError("crash mid-transaction")
+
+    with pytest.raises(RuntimeError):
+        store._tx(boom)
+    assert store.subject_templates("s-a")[1].shape == (1, 128)
+
+
+def test_idempotent_operations_run_once(store: SqliteStore) -> None:
+    calls = []
+
+    def enroll() -> bytes:
+        calls.append(1)
+        store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
+        return b"reply-1"
+
+    assert store.once("k-1", "Enroll", enroll) == b"reply-1"
+    assert store.once("k-1", "Enroll", enroll) == b"reply-1"
+    assert len(calls) == 1 and store.subject_templates("s-a")[1].shape == (1, 128)
+    with pytest.raises(StoreError, match="reused"):
+        store.once("k-1", "Verify", enroll)
+
+
+def test_devices_and_audit(store: SqliteStore) -> None:
+    store.put_device("door-1", b"k" * 32)
+    assert store.device_key("door-1") == b"k" * 32 and store.device_key("door-2") is None
+    assert store.remove_device("door-1") and not store.remove_device("door-1")
+    store.audit("door-1", "Verify", "s-a", "reject")
+    (row,) = store.audit_log()
+    assert row[1:] == ("door-1", "Verify", "s-a", "reject")
