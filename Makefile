@@ -18,8 +18,10 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip check
 	touch $@ $(VENV)/.eval
 
-# The main job: evaluate the shipped HPVFG/KVFA model on the bundled sample faces, end to end.
+# The main job: service on loopback with SQLite, the edge pipeline over the bundled sample
+# faces, a decision table; then the evaluation report of the shipped model on those faces.
 demo: $(VENV)/.eval
+	$(BIN)/kfaar demo --out out/demo
 	$(BIN)/kfaar eval --anonymizer hpvfg --seed 2025 --out out/demo/eval.json
 	@echo "report: out/demo/eval.md (grid: out/demo/eval_grid.png, ROC: out/demo/eval_roc.png)"
 

@@ -61,7 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise FileNotFoundError("--tls-cert and --tls-key must name readable files")
     token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
     bundle = Bundle.load(args.bundle)
-    thresholds = {common_pb2.EMBEDDING_SPACE_VIRTUAL: SAME_PERSON_THRESHOLD}
+    # Each space has its own operating point, calibrated at FAR 1e-3 by kfaar export.
+    virtual = bundle.manifest.get("virtual_threshold", SAME_PERSON_THRESHOLD)
+    thresholds = {common_pb2.EMBEDDING_SPACE_VIRTUAL: virtual}
     if args.allow_recovered:
         thresholds[common_pb2.EMBEDDING_SPACE_RECOVERED] = bundle.manifest["kvfa_threshold"]
     cfg = ServerConfig(

@@ -43,7 +43,9 @@ class ServerConfig:
     admin_token: str | None = None
     workers: int = 16
     window_ms: int = DEFAULT_WINDOW_MS
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)  # per subject
+    # A door camera sees many people: it gets more free failures than one subject does.
+    device_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free_failures=50))
 
 
 @dataclass
@@ -73,7 +75,10 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         ],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(store, cfg.policy, verifier, Backoff(cfg.backoff)), server
+        AuthServicer(
+            store, cfg.policy, verifier, Backoff(cfg.backoff), Backoff(cfg.device_backoff)
+        ),
+        server,
     )
     auth_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store), server)
     health_servicer = health.HealthServicer()

@@ -87,9 +87,15 @@ def _subject(subject_id: str) -> str:
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
-        self, store: TemplateStore, policy: Policy, verifier: DeviceVerifier, backoff: Backoff
+        self,
+        store: TemplateStore,
+        policy: Policy,
+        verifier: DeviceVerifier,
+        subject_backoff: Backoff,
+        device_backoff: Backoff,
     ) -> None:
-        self.store, self.policy, self.verifier, self.backoff = store, policy, verifier, backoff
+        self.store, self.policy, self.verifier = store, policy, verifier
+        self.backoff = {"subject": subject_backoff, "device": device_backoff}
 
     # -- the decisions, shared by unary calls and the stream --------------------------
     def _enroll(self, req: auth_pb2.EnrollRequest) -> auth_pb2.EnrollReply:
@@ -101,8 +107,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def _verify(self, req: auth_pb2.VerifyRequest) -> auth_pb2.VerifyReply:
         subject = _subject(req.subject_id)
         probe = self.policy.check(req.probe)
-        keys = (f"subject:{subject}", f"device:{req.proof.device_id}")
-        wait = max(self.backoff.retry_after(k) for k in keys)
+        keys = {"subject": subject, "device": req.proof.device_id}
+        wait = max(self.backoff[kind].retry_after(k) for kind, k in keys.items())
         if wait > 0:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -120,8 +126,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             )
         score = float((vecs[usable] @ probe).max())
         match = score >= self.policy.thresholds[req.probe.space]
-        for k in keys:
-            self.backoff.success(k) if match else self.backoff.failure(k)
+        for kind, k in keys.items():
+            self.backoff[kind].success(k) if match else self.backoff[kind].failure(k)
         self.store.audit(req.proof.device_id, "Verify", subject, "accept" if match else "reject")
         reply = auth_pb2.VerifyReply(match=match)
         if CALLER_ROLE.get() == "admin":

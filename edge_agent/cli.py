@@ -22,12 +22,20 @@ class CliError(Exception):
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from auth_service.cli import register as register_serve
+    from edge_agent.demo import register as register_demo
     from edge_agent.keys_cli import register as register_keys
     from training.evaluation.cli import register as register_eval
     from training.hpvfg.cli import register as register_hpvfg
     from training.recognizer.cli import register as register_recognizer
 
-    return [register_eval, register_keys, register_hpvfg, register_recognizer, register_serve]
+    return [
+        register_demo,
+        register_eval,
+        register_keys,
+        register_hpvfg,
+        register_recognizer,
+        register_serve,
+    ]
 
 
 def _version() -> str:

@@ -95,10 +95,14 @@ class Outbox:
 
 class AuthClient:
     def __init__(
-        self, cfg: ClientConfig, signing_key: nacl.signing.SigningKey, outbox: Outbox | None = None
+        self,
+        cfg: ClientConfig,
+        signing_key: nacl.signing.SigningKey,
+        outbox: Outbox | None = None,
+        interceptors: tuple = (),
     ) -> None:
         self.cfg, self.key, self.outbox = cfg, signing_key, outbox
-        self.channel = self._channel()
+        self.channel = grpc.intercept_channel(self._channel(), *interceptors)
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {cfg.token}"),)
 
@@ -139,6 +143,20 @@ class AuthClient:
                 time.sleep(delay)
                 delay = min(delay * 2, self.cfg.backoff_max_s)
         raise RuntimeError("unreachable")  # pragma: no cover
+
+    def stream(self, probes):
+        """Run StreamAuthenticate: sign each probe's request as it is sent; yield decisions."""
+
+        def signed():
+            for probe in probes:
+                kind = probe.WhichOneof("request")
+                req = getattr(probe, kind)
+                sign(
+                    f"/kfaar.v1.AuthService/{kind.capitalize()}", req, self.cfg.device_id, self.key
+                )
+                yield probe
+
+        yield from self.stub.StreamAuthenticate(signed(), metadata=self.metadata)
 
     def send_or_queue(self, method: str, request: Message) -> Message | None:
         """Send a write now, or queue it when the service is unreachable; None if queued."""

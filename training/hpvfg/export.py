@@ -20,6 +20,7 @@ from onnxruntime.quantization import (
 from torch import nn
 
 from training.chips import ChipSet
+from training.evaluation.metrics import threshold_at_far
 from training.hpvfg.generator import GeneratorConfig, IdentityGenerator
 from training.hpvfg.kvfa import KVFA, KVFAConfig
 from training.hpvfg.projector import RotationBasis, RotationProjector
@@ -106,6 +107,7 @@ def export_bundle(
     pre.unlink()
     parity = generator_parity(generator, out, feeds[:16])
     threshold = calibrate_kvfa(generator, kvfa, basis, calibration)
+    virtual_threshold = calibrate_virtual(generator, basis, calibration)
     files = sorted(p.name for p in out.glob("*.onnx"))
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -114,6 +116,7 @@ def export_bundle(
         "projector": "band-rotation",
         "rotation_bands": list(basis.bands),
         "kvfa_threshold": threshold,
+        "virtual_threshold": virtual_threshold,
         "generator": state["config"]["generator"],
         "training": {
             "steps": state["step"],
@@ -144,6 +147,48 @@ def generator_parity(generator: nn.Module, out: Path, feeds: list[dict]) -> dict
 
 
 @torch.no_grad()
+def _virtual_embeddings(generator, basis, chips, idx, rot, recognizer) -> np.ndarray:
+    """R(G(x, k)) for the chips ``idx`` under one key rotation, flip-averaged like the edge."""
+    projector, out = RotationProjector(basis), []
+    for i in range(0, len(idx), 32):
+        j = idx[i : i + 32]
+        chip = torch.from_numpy(chips.chips[j]).permute(0, 3, 1, 2).float()
+        z = torch.from_numpy(chips.z[j])
+        virtual = generator(chip, z, projector(z, rot)).round().flip(1)  # uint8 levels, RGB
+        e = recognizer(virtual) + recognizer(virtual.flip(-1))
+        out.append(torch.nn.functional.normalize(e).numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def calibrate_virtual(
+    generator: nn.Module,
+    basis: RotationBasis,
+    chips: ChipSet,
+    n: int = 600,
+    keys: int = 3,
+    far: float = 1e-3,
+    seed: int = 13,
+) -> float:
+    """Return the VIRTUAL space's threshold: FAR ``far`` for different people under one key.
+
+    That is the impostor of a Verify: someone presenting their face with the claimed
+    subject's key. Calibrated on training faces.
+    """
+    from training.recognizer.export import load_port
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(chips), size=min(n, len(chips)), replace=False)
+    labels, recognizer, impostor = chips.labels[idx], load_port().eval(), []
+    other = labels[:, None] != labels[None, :]
+    for _ in range(keys):
+        rot = torch.from_numpy(basis.random_rotation(rng))
+        e = _virtual_embeddings(generator, basis, chips, idx, rot, recognizer)
+        impostor.append((e @ e.T)[np.triu(other, 1)])
+    return round(float(threshold_at_far(np.concatenate(impostor), far)), 4)
+
+
+@torch.no_grad()
 def calibrate_kvfa(
     generator: nn.Module,
     kvfa: nn.Module,
@@ -160,7 +205,6 @@ def calibrate_kvfa(
     same person's S(x) for wrong keys k'. Calibrated on training faces, never on the dev
     identities that measure it.
     """
-    from training.evaluation.metrics import threshold_at_far
     from training.recognizer.export import load_port
 
     rng = np.random.default_rng(seed)
