@@ -49,8 +49,6 @@ def _serve(args: argparse.Namespace) -> int:
     from auth_service.server import ServerConfig, TLSFiles, serve_forever
     from auth_service.servicer import Policy
     from edge_agent.hpvfg import Bundle
-    from edge_agent.recognizer import SAME_PERSON_THRESHOLD
-    from kfaar_pb.v1 import common_pb2
 
     if args.insecure == bool(args.tls_cert):
         raise ValueError("give --tls-cert and --tls-key, or --insecure for loopback")
@@ -60,15 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
     if tls is not None and not (tls.cert.is_file() and tls.key and tls.key.is_file()):
         raise FileNotFoundError("--tls-cert and --tls-key must name readable files")
     token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
-    bundle = Bundle.load(args.bundle)
-    # Each space has its own operating point, calibrated at FAR 1e-3 by kfaar export.
-    virtual = bundle.manifest.get("virtual_threshold", SAME_PERSON_THRESHOLD)
-    thresholds = {common_pb2.EMBEDDING_SPACE_VIRTUAL: virtual}
-    if args.allow_recovered:
-        thresholds[common_pb2.EMBEDDING_SPACE_RECOVERED] = bundle.manifest["kvfa_threshold"]
+    policy = Policy.from_bundle(Bundle.load(args.bundle), args.allow_recovered)
     cfg = ServerConfig(
         db=args.db,
-        policy=Policy(f"hpvfg/{bundle.version}", thresholds),
+        policy=policy,
         port=args.port,
         host=args.host,
         tls=tls,

@@ -41,6 +41,19 @@ class Policy:
     model: str  # "name/version" of the only model version accepted, e.g. "hpvfg/1.0.0"
     thresholds: dict[int, float] = field(default_factory=dict)  # space -> cosine threshold
 
+    @classmethod
+    def from_bundle(cls, bundle, allow_recovered: bool = False) -> Policy:
+        """Accept the bundle's model version, at the thresholds its export calibrated."""
+        from edge_agent.recognizer import SAME_PERSON_THRESHOLD
+
+        m = bundle.manifest
+        thresholds = {
+            common_pb2.EMBEDDING_SPACE_VIRTUAL: m.get("virtual_threshold", SAME_PERSON_THRESHOLD)
+        }
+        if allow_recovered:
+            thresholds[common_pb2.EMBEDDING_SPACE_RECOVERED] = m["kvfa_threshold"]
+        return cls(f"hpvfg/{bundle.version}", thresholds)
+
     def check(self, emb: common_pb2.Embedding) -> np.ndarray:
         """Validate one embedding's tags and values; return it as a unit vector."""
         model = f"{emb.model.name}/{emb.model.version}"

@@ -111,6 +111,13 @@ class TemplateStore(ABC):
     ) -> None: ...
 
 
+def _vectors(blobs: list[bytes]) -> np.ndarray:
+    """Decode stored float32 vectors into an (N, 128) array."""
+    return np.array([np.frombuffer(b, np.float32) for b in blobs], np.float32).reshape(
+        -1, EMBED_DIM
+    )
+
+
 def _blob(vectors: np.ndarray) -> list[bytes]:
     v = np.asarray(vectors, dtype=np.float32)
     if v.ndim != 2 or v.shape[1] != EMBED_DIM:
@@ -195,11 +202,7 @@ class SqliteStore(TemplateStore):
                 "SELECT model, space, vector FROM templates WHERE subject_id = ? ORDER BY id",
                 (subject,),
             ).fetchall()
-        tags = [(m, s) for m, s, _ in rows]
-        vecs = np.array([np.frombuffer(v, np.float32) for _, _, v in rows], np.float32).reshape(
-            -1, EMBED_DIM
-        )
-        return tags, vecs
+        return [(m, s) for m, s, _ in rows], _vectors([v for _, _, v in rows])
 
     def gallery(self, model: str, space: int) -> Gallery:
         with self.lock:
@@ -208,10 +211,7 @@ class SqliteStore(TemplateStore):
                 "WHERE model = ? AND space = ? ORDER BY id",
                 (model, space),
             ).fetchall()
-        vecs = np.array([np.frombuffer(v, np.float32) for _, v in rows], np.float32).reshape(
-            -1, EMBED_DIM
-        )
-        return Gallery([s for s, _ in rows], vecs)
+        return Gallery([s for s, _ in rows], _vectors([v for _, v in rows]))
 
     def put_device(self, device_id: str, verify_key: bytes) -> None:
         self._tx(

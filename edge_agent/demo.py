@@ -31,7 +31,6 @@ from edge_agent.hpvfg import HpvfgAnonymizer
 from edge_agent.keystore import Keystore
 from edge_agent.pipeline import EdgePipeline
 from edge_agent.progress import progress
-from edge_agent.recognizer import SAME_PERSON_THRESHOLD
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 DEVICE = "demo-camera"
@@ -60,8 +59,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     pipeline = EdgePipeline(HpvfgAnonymizer(precision=precision))
-    manifest = pipeline.anonymizer.bundle.manifest
-    threshold = manifest.get("virtual_threshold", SAME_PERSON_THRESHOLD)
+    policy = Policy.from_bundle(pipeline.anonymizer.bundle)
     people = sample_people(asset_path("sample_faces"))
     enrolled = sorted(n for n, photos in people.items() if len(photos) >= 2)
     strangers = sorted(n for n, photos in people.items() if len(photos) == 1)
@@ -69,9 +67,6 @@ def run_demo(
         work = Path(tmp)
         keys = keys or Keystore.create(work / "keystore.json", device_secret=nacl.utils.random(32))
         admin_token = secrets.token_urlsafe(32)
-        policy = Policy(
-            f"hpvfg/{pipeline.model.version}", {common_pb2.EMBEDDING_SPACE_VIRTUAL: threshold}
-        )
         running = start(ServerConfig(work / "kfaar.db", policy, port=0, admin_token=admin_token))
         try:
             admin = auth_pb2_grpc.AdminServiceStub(
@@ -138,7 +133,7 @@ def run_demo(
     summary = {
         "model": f"hpvfg/{pipeline.model.version}:{precision}",
         "space": "VIRTUAL",
-        "threshold": threshold,
+        "threshold": policy.thresholds[common_pb2.EMBEDDING_SPACE_VIRTUAL],
         "enrolled": len(enrolled),
         "attempts": len(rows),
         **counts,
