@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Callable
 
+import grpc
+
 # Errors a user can fix (bad path, bad file, bad value): a message and exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, LookupError)
 
@@ -23,6 +25,7 @@ class CliError(Exception):
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from auth_service.cli import register as register_serve
     from edge_agent.demo import register as register_demo
+    from edge_agent.edge_cli import register as register_edge
     from edge_agent.keys_cli import register as register_keys
     from training.evaluation.cli import register as register_eval
     from training.hpvfg.cli import register as register_hpvfg
@@ -30,6 +33,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
 
     return [
         register_demo,
+        register_edge,
         register_eval,
         register_keys,
         register_hpvfg,
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (CliError, *USER_ERRORS) as exc:
         sys.stderr.write(f"kfaar {args.command}: error: {exc}\n")
+        return 2
+    except grpc.RpcError as exc:  # the service refused, or cannot be reached
+        sys.stderr.write(f"kfaar {args.command}: service: {exc.code().name}: {exc.details()}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -1,0 +1,113 @@
+"""Frame sources for the edge agent: a webcam index, a video file, an RTSP URL or a folder.
+
+Live sources (webcams, RTSP) are read by a background thread that keeps only the newest
+frame, so a slow pipeline never works on stale video. Files and folders are read in
+order, every frame, since nothing is lost by waiting for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.face.image_io import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class SourceError(ValueError):
+    """A frame source cannot be opened."""
+
+
+class LatestFrameReader:
+    """Read a live capture on a thread; ``latest`` returns the newest frame not yet taken."""
+
+    def __init__(self, capture: cv2.VideoCapture) -> None:
+        self.capture = capture
+        self._frame: np.ndarray | None = None
+        self._fresh = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="frame-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done:
+            ok, frame = self.capture.read()
+            with self._fresh:
+                if not ok:
+                    self._done = True
+                else:
+                    self._frame = frame  # older frames are dropped here
+                self._fresh.notify_all()
+
+    def latest(self, timeout: float = 5.0) -> np.ndarray | None:
+        """Wait for a frame newer than the last one taken; None when the stream ended."""
+        with self._fresh:
+            self._fresh.wait_for(lambda: self._frame is not None or self._done, timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def close(self) -> None:
+        self._done = True
+        self._thread.join(timeout=2)
+        self.capture.release()
+
+
+def _folder(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            yield str(p.relative_to(path)), load_image(p)
+        except ImageError as exc:
+            log.warning("skipping %s: %s", p, exc)
+
+
+def _video(capture: cv2.VideoCapture, name: str) -> Iterator[tuple[str, np.ndarray]]:
+    i = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield f"{name}#{i}", frame
+            i += 1
+    finally:
+        capture.release()
+
+
+def _live(capture: cv2.VideoCapture, name: str) -> Iterator[tuple[str, np.ndarray]]:
+    reader, i = LatestFrameReader(capture), 0
+    try:
+        while (frame := reader.latest()) is not None:
+            yield f"{name}#{i}", frame
+            i += 1
+    finally:
+        reader.close()
+
+
+def frames(source: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (label, BGR frame) from a webcam index, RTSP/HTTP URL, video, image or folder."""
+    if source.isdigit():
+        capture = cv2.VideoCapture(int(source))
+        live = True
+    elif "://" in source:
+        capture = cv2.VideoCapture(source)
+        live = True
+    else:
+        path = Path(source)
+        if path.is_dir():
+            return _folder(path)
+        if not path.is_file():
+            raise SourceError(f"no such camera, URL, video, image or folder: {source}")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return iter([(path.name, load_image(path))])
+        capture, live = cv2.VideoCapture(str(path)), False
+    if not capture.isOpened():
+        raise SourceError(f"cannot open {source}")
+    return _live(capture, source) if live else _video(capture, Path(source).name)

@@ -1,0 +1,178 @@
+"""``kfaar edge``: enroll, authenticate live, and recover identities with the key (KVFA).
+
+Originals stay in memory: only virtual frames are written, and only with --save-frames,
+unless --save-originals is given explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from edge_agent.keys_cli import DEVICE_SECRET_ENV, KEYSTORE_ENV, default_keystore
+
+log = logging.getLogger(__name__)
+
+
+def _env_path(name: str) -> Path | None:
+    return Path(os.environ[name]) if os.environ.get(name) else None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "edge",
+        help="the edge agent: enroll, run, verify-original",
+        description="Detect, anonymize under the subject's key and send only virtual-face "
+        "embeddings, signed by this device, to the authentication service.",
+    )
+    p.add_argument("--server", default=os.environ.get("KFAAR_SERVER", "127.0.0.1:50051"),
+                   help="service host:port ($KFAAR_SERVER)")  # fmt: skip
+    p.add_argument("--device-id", default=os.environ.get("KFAAR_DEVICE_ID", socket.gethostname()),
+                   help="this device's registered id ($KFAAR_DEVICE_ID)")  # fmt: skip
+    p.add_argument("--ca", type=Path, default=_env_path("KFAAR_TLS_CA"),
+                   help="the service's CA; without it, plaintext ($KFAAR_TLS_CA)")  # fmt: skip
+    p.add_argument("--cert", type=Path, default=_env_path("KFAAR_TLS_CLIENT_CERT"),
+                   help="client certificate for mTLS ($KFAAR_TLS_CLIENT_CERT)")  # fmt: skip
+    p.add_argument("--key", type=Path, default=_env_path("KFAAR_TLS_CLIENT_KEY"),
+                   help="client private key for mTLS ($KFAAR_TLS_CLIENT_KEY)")  # fmt: skip
+    p.add_argument("--outbox", type=Path, default=_env_path("KFAAR_OUTBOX"),
+                   help="queue for writes while the service is down ($KFAAR_OUTBOX)")  # fmt: skip
+    p.add_argument("--keystore", type=Path, default=None, help=f"default: ${KEYSTORE_ENV}")
+    p.add_argument("--device-secret", type=Path, default=None, help=f"or ${DEVICE_SECRET_ENV}")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    e = actions.add_parser("enroll", help="enroll a subject from a few frames of a source")
+    e.add_argument("--subject", required=True, help="pseudonymous subject id")
+    e.add_argument("--source", required=True, help="webcam index, video, RTSP URL or folder")
+    e.add_argument("--frames", type=int, default=3, help="frames with a face to enroll (3)")
+    e.set_defaults(handler=_enroll)
+
+    r = actions.add_parser("run", help="authenticate the faces of a source against a claim")
+    r.add_argument("--source", required=True, help="webcam index, video, RTSP URL or folder")
+    r.add_argument("--claim", required=True, help="the subject id the person claims to be")
+    r.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    r.add_argument("--save-frames", type=Path, default=None, help="write virtual frames here")
+    r.add_argument("--save-originals", action="store_true",
+                   help="also write the original frames (off by default)")  # fmt: skip
+    r.set_defaults(handler=_run)
+
+    v = actions.add_parser("verify-original", help="KVFA on the edge: is this virtual face X?")
+    v.add_argument("--subject", required=True, help="whose key made the virtual faces")
+    v.add_argument("--reference", type=Path, required=True, help="a photo of the person")
+    v.add_argument("--source", required=True, help="virtual faces: image, folder or video")
+    v.set_defaults(handler=_verify_original)
+
+
+def _pipeline(args: argparse.Namespace):
+    from edge_agent.hpvfg import HpvfgAnonymizer
+    from edge_agent.pipeline import EdgePipeline
+
+    return EdgePipeline(HpvfgAnonymizer(precision=args.precision))
+
+
+def _keystore(args: argparse.Namespace):
+    from edge_agent.keys_cli import _open
+
+    args.keystore = args.keystore or default_keystore()
+    return _open(args)
+
+
+def _client(args: argparse.Namespace, keys):
+    from edge_agent.client import AuthClient, ClientConfig, Outbox
+
+    token = os.environ.get("KFAAR_APP_TOKEN")
+    if not token:
+        raise ValueError("set $KFAAR_APP_TOKEN to this deployment's app token")
+    cfg = ClientConfig(args.server, token, args.device_id, args.ca, args.cert, args.key)
+    outbox = Outbox(args.outbox or default_keystore().with_name("outbox.db"))
+    return AuthClient(cfg, keys.signing_key(), outbox)
+
+
+def _faces(source: str, pipeline, key: bytes, limit: int | None):
+    """Yield (label, original, virtual face) for frames with a face, up to ``limit``."""
+    from edge_agent.capture import frames
+    from edge_agent.face.detect import NoFaceError
+
+    n = 0
+    for label, frame in frames(source):
+        if limit is not None and n >= limit:
+            return
+        try:
+            vf = pipeline.virtual(frame, key)
+        except NoFaceError:
+            log.info("%s: no face", label)
+            continue
+        n += 1
+        yield label, frame, vf
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from kfaar_pb.v1 import auth_pb2
+
+    if args.frames < 1:
+        raise ValueError("--frames must be at least 1")
+    keys = _keystore(args)
+    names = {e.name for e in keys.entries()}
+    key = keys.key(args.subject) if args.subject in names else keys.add(args.subject)
+    pipeline = _pipeline(args)
+    faces = _faces(args.source, pipeline, key, args.frames)
+    templates = [pipeline.message(vf.embedding) for _, _, vf in faces]
+    if not templates:
+        raise ValueError(f"no face found in {args.source}")
+    client = _client(args, keys)
+    req = auth_pb2.EnrollRequest(subject_id=args.subject, templates=templates)
+    reply = client.send_or_queue("Enroll", req)
+    state = f"{reply.templates_stored} templates stored" if reply else "queued in the outbox"
+    sys.stdout.write(f"{args.subject}: {state}\n")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edge_agent.progress import progress
+    from kfaar_pb.v1 import auth_pb2
+
+    keys = _keystore(args)
+    key, pipeline, client = keys.key(args.claim), _pipeline(args), _client(args, keys)
+    if args.save_frames:
+        args.save_frames.mkdir(parents=True, exist_ok=True)
+    accepted = rejected = 0
+    bar = progress(_faces(args.source, pipeline, key, args.max_frames), desc="frames")
+    for i, (label, frame, vf) in enumerate(bar):
+        req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=pipeline.message(vf.embedding))
+        match = client.call("Verify", req).match
+        accepted, rejected = accepted + match, rejected + (not match)
+        bar.set_postfix(accept=accepted, reject=rejected)
+        sys.stdout.write(f"{label}\t{'ACCEPT' if match else 'reject'}\n")
+        if args.save_frames:
+            cv2.imwrite(str(args.save_frames / f"{i:05d}_virtual.jpg"), vf.image)
+            if args.save_originals:
+                cv2.imwrite(str(args.save_frames / f"{i:05d}_original.jpg"), frame)
+    sys.stdout.write(f"{accepted} accepted, {rejected} rejected\n")
+    return 0
+
+
+def _verify_original(args: argparse.Namespace) -> int:
+    from edge_agent.capture import frames
+    from edge_agent.face.image_io import load_image
+
+    keys = _keystore(args)
+    key, pipeline = keys.key(args.subject), _pipeline(args)
+    anon = pipeline.anonymizer
+    ref = load_image(args.reference)
+    reference = anon.recognizer.embed(ref, pipeline.detector.primary(ref).landmarks)
+    found = 0
+    for label, frame in frames(args.source):
+        for face in pipeline.detector.detect(frame):
+            score = float(anon.recover(frame, face, key) @ reference)
+            match = score >= anon.threshold
+            found += match
+            sys.stdout.write(f"{label}\t{'MATCH' if match else 'no match'}\t{score:.4f}\n")
+    sys.stdout.write(f"{found} match(es) at KVFA threshold {anon.threshold}\n")
+    return 0

@@ -1,0 +1,94 @@
+"""kfaar edge against a real service on loopback: enroll, run, verify-original, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+
+from auth_service.server import ServerConfig, start
+from auth_service.servicer import Policy
+from edge_agent.assets import asset_path
+from edge_agent.capture import SourceError, frames
+from edge_agent.cli import main
+from edge_agent.hpvfg import Bundle
+from edge_agent.keystore import Keystore
+from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
+
+ADMIN = "admin"
+SECRET = bytes(range(32))
+
+
+@pytest.fixture
+def edge(tmp_path: Path, monkeypatch):
+    """A running service, this device registered, and the edge's settings in the env."""
+    keys = Keystore.create(tmp_path / "ks.json", device_secret=SECRET)
+    running = start(
+        ServerConfig(tmp_path / "db", Policy.from_bundle(Bundle.load()), port=0, admin_token=ADMIN)
+    )
+    admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+    meta = (("authorization", f"Bearer {ADMIN}"),)
+    vk = keys.signing_key().verify_key.encode()
+    admin.RegisterDevice(
+        auth_pb2.RegisterDeviceRequest(device_id="cam-1", verify_key=vk), metadata=meta
+    )
+    token = admin.CreateAppToken(
+        auth_pb2.CreateAppTokenRequest(app_name="door"), metadata=meta
+    ).token
+    (tmp_path / "secret").write_bytes(SECRET)
+    for k, v in {
+        "KFAAR_SERVER": f"127.0.0.1:{running.port}",
+        "KFAAR_DEVICE_ID": "cam-1",
+        "KFAAR_APP_TOKEN": token,
+        "KFAAR_KEYSTORE": str(tmp_path / "ks.json"),
+        "KFAAR_DEVICE_SECRET_FILE": str(tmp_path / "secret"),
+        "KFAAR_OUTBOX": str(tmp_path / "outbox.db"),
+    }.items():
+        monkeypatch.setenv(k, v)
+    yield running, tmp_path
+    running.stop(0)
+
+
+def test_enroll_run_and_verify_original(edge, capsys) -> None:
+    running, tmp = edge
+    person = asset_path("sample_faces") / "Hugh_Grant"
+    first, second = sorted(person.glob("*.jpg"))
+    (tmp / "enroll").mkdir()
+    shutil.copy(first, tmp / "enroll")
+    assert main(["edge", "enroll", "--subject", "s-hugh", "--source", str(tmp / "enroll")]) == 0
+    assert "1 templates stored" in capsys.readouterr().out
+    assert running.store.subject_templates("s-hugh")[1].shape == (1, 128)
+
+    out = tmp / "virtual"
+    args = ["edge", "run", "--source", str(second), "--claim", "s-hugh", "--save-frames", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 accepted" in printed or "1 rejected" in printed  # a real decision either way
+    assert [p.name for p in out.iterdir()] == ["00000_virtual.jpg"]  # no original written
+
+    args = ["edge", "verify-original", "--subject", "s-hugh", "--reference", str(first)]
+    assert main([*args, "--source", str(out)]) == 0
+    assert "at KVFA threshold" in capsys.readouterr().out
+
+
+def test_edge_errors_are_clear(edge, capsys, tmp_path: Path) -> None:
+    assert main(["edge", "run", "--source", "/no/such/video.mp4", "--claim", "nobody"]) == 2
+    assert "no key named" in capsys.readouterr().err
+    sample = str(next(asset_path("sample_faces").glob("*/*.jpg")))
+    assert main(["edge", "enroll", "--subject", "s", "--source", "/no/such/folder"]) == 2
+    assert "no such camera" in capsys.readouterr().err
+    main(["edge", "enroll", "--subject", "s-x", "--source", sample])
+    capsys.readouterr()
+    assert main(["edge", "--device-id", "cam-9", "run", "--source", sample, "--claim", "s-x"]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_frame_sources(tmp_path: Path) -> None:
+    folder = asset_path("sample_faces") / "Hugh_Grant"
+    assert [label for label, _ in frames(str(folder))] == sorted(
+        p.name for p in folder.glob("*.jpg")
+    )
+    with pytest.raises(SourceError):
+        frames(str(tmp_path / "missing.mp4"))
