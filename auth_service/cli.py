@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also accept RECOVERED (KVFA) templates: linkable across keys, opt-in",
     )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: shipped)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("KFAAR_METRICS_PORT", "0")) or None,
+        help="serve Prometheus metrics on this port ($KFAAR_METRICS_PORT; default off)",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -66,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         tls=tls,
         admin_token=token,
+        metrics_port=args.metrics_port,
     )
     serve_forever(cfg)
     return 0

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
+from auth_service.metrics import Metrics, MetricsInterceptor
 from auth_service.proof import DEFAULT_WINDOW_MS, NonceCache
 from auth_service.ratelimit import Backoff, BackoffPolicy
 from auth_service.servicer import AdminServicer, AuthServicer, Policy
@@ -42,6 +43,7 @@ class ServerConfig:
     tls: TLSFiles | None = None  # None: plaintext, for loopback only
     admin_token: str | None = None
     workers: int = 16
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (None: off)
     window_ms: int = DEFAULT_WINDOW_MS
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)  # per subject
     # A door camera sees many people: it gets more free failures than one subject does.
@@ -54,6 +56,7 @@ class Running:
     port: int
     store: TemplateStore
     health: health.HealthServicer
+    metrics: Metrics
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain: refuse new calls, let running ones finish for ``grace`` seconds."""
@@ -64,11 +67,12 @@ class Running:
 def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     """Start the server; port 0 binds a free port (see ``Running.port``)."""
     store = store or SqliteStore(cfg.db)
+    metrics = Metrics()
     verifier = DeviceVerifier(store, NonceCache(cfg.window_ms))
     admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers),
-        interceptors=[AuthInterceptor(store, verifier, admin_hash)],
+        interceptors=[MetricsInterceptor(metrics), AuthInterceptor(store, verifier, admin_hash)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -76,7 +80,12 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(
-            store, cfg.policy, verifier, Backoff(cfg.backoff), Backoff(cfg.device_backoff)
+            store,
+            cfg.policy,
+            verifier,
+            Backoff(cfg.backoff),
+            Backoff(cfg.device_backoff),
+            metrics,
         ),
         server,
     )
@@ -99,10 +108,12 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         )
         port = server.add_secure_port(address, creds)
     server.start()
+    if cfg.metrics_port is not None:
+        metrics.serve(cfg.metrics_port, cfg.host)
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on %s:%d (%s)", cfg.host, port, "TLS" if cfg.tls else "plaintext")
-    return Running(server, port, store, health_servicer)
+    return Running(server, port, store, health_servicer, metrics)
 
 
 def serve_forever(cfg: ServerConfig, grace: float = 5.0) -> None:

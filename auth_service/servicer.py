@@ -11,6 +11,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, token_hash
+from auth_service.metrics import Metrics
 from auth_service.proof import ProofError
 from auth_service.ratelimit import Backoff
 from auth_service.store import EMBED_DIM, TemplateStore
@@ -106,8 +107,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         verifier: DeviceVerifier,
         subject_backoff: Backoff,
         device_backoff: Backoff,
+        metrics: Metrics,
     ) -> None:
-        self.store, self.policy, self.verifier = store, policy, verifier
+        self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
         self.backoff = {"subject": subject_backoff, "device": device_backoff}
 
     # -- the decisions, shared by unary calls and the stream --------------------------
@@ -141,7 +143,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         match = score >= self.policy.thresholds[req.probe.space]
         for kind, k in keys.items():
             self.backoff[kind].success(k) if match else self.backoff[kind].failure(k)
-        self.store.audit(req.proof.device_id, "Verify", subject, "accept" if match else "reject")
+        decision = "accept" if match else "reject"
+        self.metrics.decisions.labels(decision).inc()
+        self.store.audit(req.proof.device_id, "Verify", subject, decision)
         reply = auth_pb2.VerifyReply(match=match)
         if CALLER_ROLE.get() == "admin":
             reply.score = score
@@ -195,6 +199,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 return reply_type.FromString(raw)
             return fn(req)
         except RequestError as exc:
+            self.metrics.refusals.labels(exc.code.name).inc()
             self.store.audit(req.proof.device_id, name, None, f"refused: {exc.code.name}")
             context.abort(exc.code, str(exc))
 

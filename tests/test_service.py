@@ -229,10 +229,16 @@ def test_health_is_served(service) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_kfaar_serve_runs_and_drains_on_sigterm(tmp_path: Path) -> None:
+def test_kfaar_serve_runs_serves_metrics_and_drains_on_sigterm(tmp_path: Path) -> None:
     import signal
+    import socket
     import subprocess
     import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
 
     proc = subprocess.Popen(
         [
@@ -245,6 +251,8 @@ def test_kfaar_serve_runs_and_drains_on_sigterm(tmp_path: Path) -> None:
             "0",
             "--db",
             str(tmp_path / "kfaar.db"),
+            "--metrics-port",
+            str(metrics_port),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -255,7 +263,33 @@ def test_kfaar_serve_runs_and_drains_on_sigterm(tmp_path: Path) -> None:
         port = int(line.rsplit(":", 1)[1])
         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert b"kfaar_requests_total" in urllib.request.urlopen(url, timeout=5).read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
+
+
+def test_metrics_count_requests_decisions_and_refusals(service) -> None:
+    running, app, _ = service
+    app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(unit(1))]))
+    app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(unit(1))))
+    app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(unit(2))))
+    bad = auth_pb2.EnrollRequest(subject_id="s-b", templates=[])
+    code(lambda: app.call("Enroll", bad))
+    code(lambda: app.call("Verify", _signed_verify(app, signature=bytes(64)), signed=False))
+    reg = running.metrics.registry
+
+    def value(name: str, **labels) -> float:
+        return reg.get_sample_value(name, labels) or 0.0
+
+    assert value("kfaar_requests_total", method="Verify", code="OK") == 2
+    assert value("kfaar_requests_total", method="Verify", code="UNAUTHENTICATED") == 1
+    assert value("kfaar_requests_total", method="Enroll", code="INVALID_ARGUMENT") == 1
+    assert value("kfaar_decisions_total", decision="accept") == 1
+    assert value("kfaar_decisions_total", decision="reject") == 1
+    assert value("kfaar_refusals_total", reason="INVALID_ARGUMENT") == 1
+    assert value("kfaar_request_seconds_count", method="Verify") == 3
+    text = b"".join(__import__("prometheus_client").generate_latest(reg).splitlines())
+    assert b"s-a" not in text  # no subject ids in labels
