@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,7 +15,7 @@ from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, token_hash
 from auth_service.metrics import Metrics
 from auth_service.proof import ProofError
 from auth_service.ratelimit import Backoff
-from auth_service.store import EMBED_DIM, TemplateStore
+from auth_service.store import EMBED_DIM, Gallery, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,26 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
         self.backoff = {"subject": subject_backoff, "device": device_backoff}
+        # The 1:N index: galleries kept in memory, dropped on every write.
+        self._galleries: dict[int, Gallery] = {}
+        self._galleries_lock = threading.Lock()
+
+    def _gallery(self, space: int) -> Gallery:
+        with self._galleries_lock:
+            if space not in self._galleries:
+                self._galleries[space] = self.store.gallery(self.policy.model, space)
+            return self._galleries[space]
+
+    def _changed(self) -> None:
+        with self._galleries_lock:
+            self._galleries.clear()
 
     # -- the decisions, shared by unary calls and the stream --------------------------
     def _enroll(self, req: auth_pb2.EnrollRequest) -> auth_pb2.EnrollReply:
         subject = _subject(req.subject_id)
         vecs, space = self.policy.batch(req.templates)
         n = self.store.enroll(subject, self.policy.model, space, vecs)
+        self._changed()
         return auth_pb2.EnrollReply(subject_id=subject, templates_stored=n)
 
     def _verify(self, req: auth_pb2.VerifyRequest) -> auth_pb2.VerifyReply:
@@ -156,15 +171,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         top_k = req.top_k or 1
         if not 1 <= top_k <= MAX_TOP_K:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1 to {MAX_TOP_K}")
-        gallery = self.store.gallery(self.policy.model, req.probe.space)
+        gallery = self._gallery(req.probe.space)
         reply = auth_pb2.IdentifyReply()
         if gallery.subjects:
             scores = gallery.vectors @ probe
-            best: dict[str, float] = {}
-            for s, sc in zip(gallery.subjects, scores.tolist(), strict=True):
-                best[s] = max(best.get(s, -1.0), sc)
             thr = self.policy.thresholds[req.probe.space]
-            ranked = sorted((sc, s) for s, sc in best.items() if sc >= thr)[::-1][:top_k]
+            best: dict[str, float] = {}
+            for i in np.flatnonzero(scores >= thr):  # usually a handful of templates
+                s = gallery.subjects[i]
+                best[s] = max(best.get(s, -1.0), float(scores[i]))
+            ranked = sorted(((sc, s) for s, sc in best.items()), reverse=True)[:top_k]
             for sc, s in ranked:
                 c = reply.candidates.add(subject_id=s)
                 if CALLER_ROLE.get() == "admin":
@@ -175,6 +191,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def _revoke(self, req: auth_pb2.RevokeRequest) -> auth_pb2.RevokeReply:
         n = self.store.revoke(_subject(req.subject_id))
+        self._changed()
         if n == 0:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {req.subject_id!r}")
         self.store.audit(req.proof.device_id, "Revoke", req.subject_id, f"{n} removed")
@@ -186,6 +203,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not self.store.subject_templates(subject)[0]:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
         n = self.store.replace(subject, self.policy.model, space, vecs)
+        self._changed()
         self.store.audit(req.proof.device_id, "Rekey", subject, f"{n} stored")
         return auth_pb2.RekeyReply(templates_stored=n)
 
