@@ -209,17 +209,14 @@ def calibrate_kvfa(
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(chips), size=min(n, len(chips)), replace=False)
-    recognizer, projector = load_port().eval(), RotationProjector(basis)
-    right, wrong = [], []
+    recognizer, right, wrong = load_port().eval(), [], []
     for i in idx:
-        chip = torch.from_numpy(chips.chips[i : i + 1]).permute(0, 3, 1, 2).float()
-        z = torch.from_numpy(chips.z[i : i + 1])
         rot = torch.from_numpy(basis.random_rotation(rng))
-        virtual = generator(chip, z, projector(z, rot)).round().flip(1)  # uint8 levels, RGB
-        e = torch.nn.functional.normalize(recognizer(virtual) + recognizer(virtual.flip(-1)))
+        e = torch.from_numpy(_virtual_embeddings(generator, basis, chips, [i], rot, recognizer))
         right.append(kvfa(e, rot))
         for _ in range(wrong_keys):
-            wrong.append(float(kvfa(e, torch.from_numpy(basis.random_rotation(rng))) @ z[0]))
+            wrong_rot = torch.from_numpy(basis.random_rotation(rng))
+            wrong.append(float(kvfa(e, wrong_rot)[0] @ torch.from_numpy(chips.z[i])))
     r, z = torch.cat(right).numpy(), chips.z[idx]
     labels = chips.labels[idx]
     other = (r @ z.T)[labels[:, None] != labels[None, :]]
