@@ -22,7 +22,10 @@ RECOGNIZER_BUILD = "dlib_resnet_v1-port1"
 
 
 def recognizer_onnx_path() -> Path:
-    """Return the cached ONNX recognizer, building it from dlib's weights on first use."""
+    """Return the packaged ONNX recognizer, else the cached one (built on first use)."""
+    packaged = Path(__file__).resolve().parent / "assets" / "models" / f"{RECOGNIZER_BUILD}.onnx"
+    if packaged.is_file():
+        return packaged  # torch-free edges run this one
     path = cache_dir() / f"{RECOGNIZER_BUILD}.onnx"
     if path.is_file():
         return path

@@ -135,3 +135,12 @@ def test_onnx_judge_refuses_a_model_with_the_wrong_input(tmp_path: Path) -> None
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(ValueError, match="112"):
         OnnxJudge(path)
+
+
+def test_the_package_ships_the_recognizer_for_torch_free_edges() -> None:
+    from edge_agent.recognizer import recognizer_onnx_path
+
+    path = recognizer_onnx_path()
+    assert path.parent.name == "models" and path.parent.parent.name == "assets"
+    # What it computes is pinned by test_torch_port_matches_its_onnx_export and by the
+    # parity test against dlib, which both run on this packaged file.

@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = actions.add_parser(
         "build",
-        help="build (or rebuild) the cached ONNX recognizer",
+        help="build (or rebuild) the ONNX recognizer from dlib's weights",
         description="Build the ONNX recognizer into the kfaar cache "
-        "($KFAAR_CACHE_DIR, default ~/.cache/kfaar).",
+        "($KFAAR_CACHE_DIR, default ~/.cache/kfaar). The package ships the same file; "
+        "building it again shows where it comes from.",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=_build)
@@ -34,14 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from edge_agent.recognizer import recognizer_onnx_path
+    from edge_agent.assets import cache_dir
+    from edge_agent.recognizer import RECOGNIZER_BUILD
+    from training.recognizer.export import export_recognizer
 
-    if args.force:
-        from edge_agent.assets import cache_dir
-        from edge_agent.recognizer import RECOGNIZER_BUILD
-
-        (cache_dir() / f"{RECOGNIZER_BUILD}.onnx").unlink(missing_ok=True)
-    sys.stdout.write(f"{recognizer_onnx_path()}\n")
+    path = cache_dir() / f"{RECOGNIZER_BUILD}.onnx"
+    if args.force or not path.is_file():
+        export_recognizer(path)
+    sys.stdout.write(f"{path}\n")
     return 0
 
 
