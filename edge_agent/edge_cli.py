@@ -50,11 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--subject", required=True, help="pseudonymous subject id")
     e.add_argument("--source", required=True, help="webcam index, video, RTSP URL or folder")
     e.add_argument("--frames", type=int, default=3, help="frames with a face to enroll (3)")
+    e.add_argument("--site", default=None,
+                   help="enroll under this site key (for 1:N identify)")  # fmt: skip
     e.set_defaults(handler=_enroll)
 
     r = actions.add_parser("run", help="authenticate the faces of a source against a claim")
     r.add_argument("--source", required=True, help="webcam index, video, RTSP URL or folder")
-    r.add_argument("--claim", required=True, help="the subject id the person claims to be")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--claim", help="verify (1:1): the subject id the person claims to be")
+    who.add_argument("--site", help="identify (1:N) among subjects enrolled under this site key")
     r.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     r.add_argument("--save-frames", type=Path, default=None, help="write virtual frames here")
     r.add_argument("--save-originals", action="store_true",
@@ -117,8 +121,8 @@ def _enroll(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise ValueError("--frames must be at least 1")
     keys = _keystore(args)
-    names = {e.name for e in keys.entries()}
-    key = keys.key(args.subject) if args.subject in names else keys.add(args.subject)
+    name, kind = (args.site, "site") if args.site else (args.subject, "subject")
+    key = keys.key(name) if name in {e.name for e in keys.entries()} else keys.add(name, kind)
     pipeline = _pipeline(args)
     faces = _faces(args.source, pipeline, key, args.frames)
     templates = [pipeline.message(vf.embedding) for _, _, vf in faces]
@@ -139,17 +143,25 @@ def _run(args: argparse.Namespace) -> int:
     from kfaar_pb.v1 import auth_pb2
 
     keys = _keystore(args)
-    key, pipeline, client = keys.key(args.claim), _pipeline(args), _client(args, keys)
+    key = keys.key(args.claim or args.site)
+    pipeline, client = _pipeline(args), _client(args, keys)
     if args.save_frames:
         args.save_frames.mkdir(parents=True, exist_ok=True)
     accepted = rejected = 0
     bar = progress(_faces(args.source, pipeline, key, args.max_frames), desc="frames")
     for i, (label, frame, vf) in enumerate(bar):
-        req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=pipeline.message(vf.embedding))
-        match = client.call("Verify", req).match
+        probe = pipeline.message(vf.embedding)
+        if args.claim:
+            req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=probe)
+            match = client.call("Verify", req).match
+            decision = "ACCEPT" if match else "reject"
+        else:
+            found = client.call("Identify", auth_pb2.IdentifyRequest(probe=probe, top_k=1))
+            match = bool(found.candidates)
+            decision = found.candidates[0].subject_id if match else "unknown"
         accepted, rejected = accepted + match, rejected + (not match)
         bar.set_postfix(accept=accepted, reject=rejected)
-        sys.stdout.write(f"{label}\t{'ACCEPT' if match else 'reject'}\n")
+        sys.stdout.write(f"{label}\t{decision}\n")
         if args.save_frames:
             cv2.imwrite(str(args.save_frames / f"{i:05d}_virtual.jpg"), vf.image)
             if args.save_originals:

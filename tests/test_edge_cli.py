@@ -73,6 +73,20 @@ def test_enroll_run_and_verify_original(edge, capsys) -> None:
     assert "at KVFA threshold" in capsys.readouterr().out
 
 
+def test_identify_under_a_site_key(edge, capsys) -> None:
+    faces = asset_path("sample_faces")
+    for person in ("Alan_Greenspan", "Eliane_Karp"):
+        photo = str(sorted((faces / person).glob("*.jpg"))[0])
+        args = ["edge", "enroll", "--subject", person, "--site", "lobby", "--source", photo]
+        assert main(args) == 0
+    assert {e.name for e in Keystore.open(edge[1] / "ks.json", device_secret=SECRET).entries()} == {
+        "lobby"
+    }
+    same = str(sorted((faces / "Alan_Greenspan").glob("*.jpg"))[0])
+    assert main(["edge", "run", "--source", same, "--site", "lobby"]) == 0
+    assert "Alan_Greenspan" in capsys.readouterr().out  # the enrolled photo itself
+
+
 def test_edge_errors_are_clear(edge, capsys, tmp_path: Path) -> None:
     assert main(["edge", "run", "--source", "/no/such/video.mp4", "--claim", "nobody"]) == 2
     assert "no key named" in capsys.readouterr().err
