@@ -87,11 +87,6 @@ class Outbox:
         with self.lock:
             self.db.execute("UPDATE outbox SET refused = ? WHERE id = ?", (reason, row_id))
 
-    def refused(self) -> list[tuple[str, str]]:
-        with self.lock:
-            sql = "SELECT method, refused FROM outbox WHERE refused IS NOT NULL ORDER BY id"
-            return self.db.execute(sql).fetchall()
-
 
 class AuthClient:
     def __init__(

@@ -80,10 +80,9 @@ def _pipeline(args: argparse.Namespace):
 
 
 def _keystore(args: argparse.Namespace):
-    from edge_agent.keys_cli import _open
+    from edge_agent.keys_cli import open_keystore
 
-    args.keystore = args.keystore or default_keystore()
-    return _open(args)
+    return open_keystore(args)
 
 
 def _client(args: argparse.Namespace, keys):

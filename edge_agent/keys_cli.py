@@ -65,7 +65,8 @@ def _secrets(args: argparse.Namespace, confirm: bool = False) -> dict:
     return {"passphrase": phrase.encode()}
 
 
-def _open(args: argparse.Namespace):
+def open_keystore(args: argparse.Namespace):
+    """Open the keystore named by --keystore (or $KFAAR_KEYSTORE) with the given secret."""
     from edge_agent.keystore import Keystore
 
     return Keystore.open(args.keystore or default_keystore(), **_secrets(args))
@@ -83,13 +84,13 @@ def _init(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     from edge_agent.keys import fingerprint
 
-    key = _open(args).add(args.name, "site" if args.site else "subject")
+    key = open_keystore(args).add(args.name, "site" if args.site else "subject")
     sys.stdout.write(f"{args.name} {fingerprint(key)}\n")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    for e in _open(args).entries():
+    for e in open_keystore(args).entries():
         sys.stdout.write(f"{e.name}\t{e.kind}\t{e.fingerprint}\tgeneration {e.generation}\n")
     return 0
 
@@ -97,10 +98,10 @@ def _list(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     from edge_agent.keys import fingerprint
 
-    sys.stdout.write(f"{args.name} {fingerprint(_open(args).rotate(args.name))}\n")
+    sys.stdout.write(f"{args.name} {fingerprint(open_keystore(args).rotate(args.name))}\n")
     return 0
 
 
 def _export_public(args: argparse.Namespace) -> int:
-    sys.stdout.write(f"{_open(args).signing_key().verify_key.encode().hex()}\n")
+    sys.stdout.write(f"{open_keystore(args).signing_key().verify_key.encode().hex()}\n")
     return 0

@@ -183,12 +183,6 @@ class Keystore:
         )
         return key
 
-    def remove(self, name: str) -> None:
-        """Forget a subject's key (the subject's virtual templates become unusable)."""
-        self._entry(name)
-        del self._doc["entries"][name]
-        self._save()
-
     def entries(self) -> list[Entry]:
         """Return the subject and site entries, without their keys."""
         return [

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.capture import IMAGE_SUFFIXES
 from edge_agent.face.align import DLIB_150, align
 from edge_agent.face.detect import FaceDetector, NoFaceError
 from edge_agent.face.image_io import ImageError, load_image
@@ -16,8 +17,6 @@ from edge_agent.recognizer import SystemRecognizer
 from training.datasets import identity_of
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 @dataclass
