@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=int(_env("KFAAR_PORT", "50051")), help="$KFAAR_PORT")
     p.add_argument("--host", default=_env("KFAAR_HOST", "127.0.0.1"), help="$KFAAR_HOST")
     p.add_argument("--db", type=Path, default=Path(_env("KFAAR_DB", "kfaar.db")), help="$KFAAR_DB")
+    p.add_argument(
+        "--db-url",
+        default=_env("KFAAR_DB_URL"),
+        help="PostgreSQL instead of SQLite: postgresql://USER@HOST:PORT/DB, password from "
+        "$PGPASSWORD or ~/.pgpass ($KFAAR_DB_URL)",
+    )
     p.add_argument("--insecure", action="store_true", help="plaintext, for loopback only")
     p.add_argument("--tls-cert", type=Path, default=_env("KFAAR_TLS_CERT"), help="$KFAAR_TLS_CERT")
     p.add_argument("--tls-key", type=Path, default=_env("KFAAR_TLS_KEY"), help="$KFAAR_TLS_KEY")
@@ -48,14 +54,45 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=int(_env("KFAAR_METRICS_PORT", "0")) or None,
         help="serve Prometheus metrics on this port ($KFAAR_METRICS_PORT; default off)",
     )
+    p.add_argument(
+        "--ann-min-templates",
+        type=int,
+        default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "200000")),
+        help="1:N search uses an HNSW shortlist with exact re-scoring from this many "
+        "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 200000)",
+    )
     p.set_defaults(handler=_serve)
+
+    h = sub.add_parser(
+        "health",
+        help="ask a running service whether it serves (exit 0) or not (exit 1)",
+        description="Query the gRPC health service, as a container HEALTHCHECK or a "
+        "Kubernetes exec probe would. TLS settings are the edge agent's.",
+    )
+    h.add_argument(
+        "--server",
+        default=_env("KFAAR_SERVER", f"127.0.0.1:{_env('KFAAR_PORT', '50051')}"),
+        help="host:port ($KFAAR_SERVER, else 127.0.0.1:$KFAAR_PORT)",
+    )
+    h.add_argument("--ca", type=Path, default=_env("KFAAR_TLS_CA"), help="$KFAAR_TLS_CA")
+    h.add_argument(
+        "--cert", type=Path, default=_env("KFAAR_TLS_CLIENT_CERT"), help="$KFAAR_TLS_CLIENT_CERT"
+    )
+    h.add_argument(
+        "--key", type=Path, default=_env("KFAAR_TLS_CLIENT_KEY"), help="$KFAAR_TLS_CLIENT_KEY"
+    )
+    h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    h.set_defaults(handler=_health)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from auth_service.index import IndexConfig
     from auth_service.server import ServerConfig, TLSFiles, serve_forever
     from auth_service.servicer import Policy
     from edge_agent.hpvfg import Bundle
 
+    if args.ann_min_templates < 1:
+        raise ValueError("--ann-min-templates must be at least 1")
     if args.insecure == bool(args.tls_cert):
         raise ValueError("give --tls-cert and --tls-key, or --insecure for loopback")
     if args.insecure and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -73,6 +110,32 @@ def _serve(args: argparse.Namespace) -> int:
         tls=tls,
         admin_token=token,
         metrics_port=args.metrics_port,
+        db_url=args.db_url,
+        index=IndexConfig(ann_min_templates=args.ann_min_templates),
     )
     serve_forever(cfg)
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import sys
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from edge_agent.client import open_channel
+
+    for name in ("ca", "cert", "key"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"--{name}: no file at {path}")
+    with open_channel(args.server, args.ca, args.cert, args.key) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            sys.stderr.write(f"{args.server}: not healthy: {exc.code().name}: {exc.details()}\n")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    sys.stdout.write(f"{args.server}: {status}\n")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1

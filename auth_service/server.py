@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auth_service.index import IndexConfig
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
 from auth_service.metrics import Metrics, MetricsInterceptor
 from auth_service.proof import DEFAULT_WINDOW_MS, NonceCache
@@ -36,7 +37,7 @@ class TLSFiles:
 
 @dataclass
 class ServerConfig:
-    db: Path
+    db: Path  # the SQLite file, unless db_url names a PostgreSQL database
     policy: Policy
     port: int = 50051
     host: str = "127.0.0.1"
@@ -48,6 +49,8 @@ class ServerConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)  # per subject
     # A door camera sees many people: it gets more free failures than one subject does.
     device_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free_failures=50))
+    index: IndexConfig = field(default_factory=IndexConfig)
+    db_url: str | None = None  # postgresql://user@host:port/db (password: $PGPASSWORD)
 
 
 @dataclass
@@ -64,9 +67,18 @@ class Running:
         self.server.stop(grace).wait()
 
 
+def open_store(cfg: ServerConfig) -> TemplateStore:
+    """Open PostgreSQL when ``db_url`` is set, else the embedded SQLite file."""
+    if cfg.db_url:
+        from auth_service.store_postgres import PostgresStore
+
+        return PostgresStore(cfg.db_url)
+    return SqliteStore(cfg.db)
+
+
 def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     """Start the server; port 0 binds a free port (see ``Running.port``)."""
-    store = store or SqliteStore(cfg.db)
+    store = store or open_store(cfg)
     metrics = Metrics()
     verifier = DeviceVerifier(store, NonceCache(cfg.window_ms))
     admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
@@ -78,17 +90,18 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(
-            store,
-            cfg.policy,
-            verifier,
-            Backoff(cfg.backoff),
-            Backoff(cfg.device_backoff),
-            metrics,
-        ),
-        server,
+    auth = AuthServicer(
+        store,
+        cfg.policy,
+        verifier,
+        Backoff(cfg.backoff),
+        Backoff(cfg.device_backoff),
+        metrics,
+        cfg.index,
     )
+    for space in cfg.policy.thresholds:  # load (and for big galleries, build) before serving
+        auth.index(space)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     auth_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 from google.protobuf.message import Message
 
+from auth_service.index import IndexConfig, TemplateIndex
 from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, token_hash
 from auth_service.metrics import Metrics
 from auth_service.proof import ProofError
 from auth_service.ratelimit import Backoff
-from auth_service.store import EMBED_DIM, Gallery, TemplateStore
+from auth_service.store import EMBED_DIM, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -109,29 +111,42 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         subject_backoff: Backoff,
         device_backoff: Backoff,
         metrics: Metrics,
+        index_config: IndexConfig | None = None,
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
         self.backoff = {"subject": subject_backoff, "device": device_backoff}
-        # The 1:N index: galleries kept in memory, dropped on every write.
-        self._galleries: dict[int, Gallery] = {}
-        self._galleries_lock = threading.Lock()
+        # The 1:N indexes, one per embedding space, loaded from the store on first use and
+        # then updated in step with it. The lock keeps each store write and its index
+        # update together, so a concurrent load never sees one without the other.
+        self.index_config = index_config or IndexConfig()
+        self._indexes: dict[int, TemplateIndex] = {}
+        self._write_lock = threading.Lock()
 
-    def _gallery(self, space: int) -> Gallery:
-        with self._galleries_lock:
-            if space not in self._galleries:
-                self._galleries[space] = self.store.gallery(self.policy.model, space)
-            return self._galleries[space]
+    def index(self, space: int) -> TemplateIndex:
+        """Return the 1:N index of one embedding space, loading it on first use."""
+        with self._write_lock:
+            if space not in self._indexes:
+                gallery = self.store.gallery(self.policy.model, space)
+                self._indexes[space] = TemplateIndex.from_gallery(gallery, self.index_config)
+            return self._indexes[space]
 
-    def _changed(self) -> None:
-        with self._galleries_lock:
-            self._galleries.clear()
+    def _write(self, subject: str, write: Callable[[], int]) -> int:
+        """Run a store write that touches ``subject`` and bring the loaded indexes in line."""
+        with self._write_lock:
+            out = write()
+            tags, stored = self.store.subject_templates(subject)
+            for space, index in self._indexes.items():
+                index.remove(subject)
+                keep = [i for i, t in enumerate(tags) if t == (self.policy.model, space)]
+                if keep:
+                    index.add(subject, stored[keep])
+            return out
 
     # -- the decisions, shared by unary calls and the stream --------------------------
     def _enroll(self, req: auth_pb2.EnrollRequest) -> auth_pb2.EnrollReply:
         subject = _subject(req.subject_id)
         vecs, space = self.policy.batch(req.templates)
-        n = self.store.enroll(subject, self.policy.model, space, vecs)
-        self._changed()
+        n = self._write(subject, lambda: self.store.enroll(subject, self.policy.model, space, vecs))
         return auth_pb2.EnrollReply(subject_id=subject, templates_stored=n)
 
     def _verify(self, req: auth_pb2.VerifyRequest) -> auth_pb2.VerifyReply:
@@ -149,10 +164,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
         usable = [i for i, t in enumerate(tags) if t == (self.policy.model, req.probe.space)]
         if not usable:
+            held = ", ".join(sorted({f"{m} {SPACE_NAMES.get(sp, sp)}" for m, sp in tags}))
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"subject {subject!r} has no {SPACE_NAMES[req.probe.space]} template of "
-                f"{self.policy.model}: re-enroll or rekey",
+                f"subject {subject!r} has templates of {held} only; this service runs "
+                f"{self.policy.model} ({SPACE_NAMES[req.probe.space]}): re-enroll or rekey "
+                "the subject with the current model",
             )
         score = float((vecs[usable] @ probe).max())
         match = score >= self.policy.thresholds[req.probe.space]
@@ -171,27 +188,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         top_k = req.top_k or 1
         if not 1 <= top_k <= MAX_TOP_K:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1 to {MAX_TOP_K}")
-        gallery = self._gallery(req.probe.space)
+        thr = self.policy.thresholds[req.probe.space]
         reply = auth_pb2.IdentifyReply()
-        if gallery.subjects:
-            scores = gallery.vectors @ probe
-            thr = self.policy.thresholds[req.probe.space]
-            best: dict[str, float] = {}
-            for i in np.flatnonzero(scores >= thr):  # usually a handful of templates
-                s = gallery.subjects[i]
-                best[s] = max(best.get(s, -1.0), float(scores[i]))
-            ranked = sorted(((sc, s) for s, sc in best.items()), reverse=True)[:top_k]
-            for sc, s in ranked:
-                c = reply.candidates.add(subject_id=s)
-                if CALLER_ROLE.get() == "admin":
-                    c.score = sc
+        for score, subject in self.index(req.probe.space).search(probe, thr, top_k):
+            c = reply.candidates.add(subject_id=subject)
+            if CALLER_ROLE.get() == "admin":
+                c.score = score
         outcome = f"{len(reply.candidates)} candidates"
         self.store.audit(req.proof.device_id, "Identify", None, outcome)
         return reply
 
     def _revoke(self, req: auth_pb2.RevokeRequest) -> auth_pb2.RevokeReply:
-        n = self.store.revoke(_subject(req.subject_id))
-        self._changed()
+        subject = _subject(req.subject_id)
+        n = self._write(subject, lambda: self.store.revoke(subject))
         if n == 0:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {req.subject_id!r}")
         self.store.audit(req.proof.device_id, "Revoke", req.subject_id, f"{n} removed")
@@ -202,8 +211,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         vecs, space = self.policy.batch(req.templates)
         if not self.store.subject_templates(subject)[0]:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
-        n = self.store.replace(subject, self.policy.model, space, vecs)
-        self._changed()
+        n = self._write(
+            subject, lambda: self.store.replace(subject, self.policy.model, space, vecs)
+        )
         self.store.audit(req.proof.device_id, "Rekey", subject, f"{n} stored")
         return auth_pb2.RekeyReply(templates_stored=n)
 

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -125,41 +126,20 @@ def _blob(vectors: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in v]
 
 
-class SqliteStore(TemplateStore):
-    """SQLite in WAL mode; one connection guarded by a lock (the service is I/O-light)."""
+class SqlStore(TemplateStore):
+    """The SQL both backends share; they supply ``db``, ``lock``, ``_tx`` and migrations.
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.lock = threading.Lock()
-        self._once = threading.Lock()  # serializes idempotent operations: check, run, record
-        self._migrate()
+    Statements use ``?`` placeholders and only SQL that SQLite and PostgreSQL both accept
+    (``INSERT ... ON CONFLICT`` rather than ``INSERT OR REPLACE``).
+    """
 
-    def _migrate(self) -> None:
-        with self.lock:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                self.db.executescript(f"BEGIN; {script} PRAGMA user_version = {i}; COMMIT;")
+    db: Any  # a connection whose execute(sql, params) returns a cursor
+    lock: threading.Lock
+    _once: threading.Lock
 
-    @property
-    def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self.db)
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-            return out
+    @abstractmethod
+    def _tx(self, fn: Callable[[Any], object]) -> object:
+        """Run ``fn(db)`` in one transaction: all of it or nothing."""
 
     def _insert(
         self, db: sqlite3.Connection, subject: str, model: str, space: int, rows: list[bytes]
@@ -216,7 +196,8 @@ class SqliteStore(TemplateStore):
     def put_device(self, device_id: str, verify_key: bytes) -> None:
         self._tx(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?)",
+                "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE "
+                "SET verify_key = excluded.verify_key, created = excluded.created",
                 (device_id, verify_key, time.time()),
             )
         )
@@ -238,7 +219,10 @@ class SqliteStore(TemplateStore):
         )
 
     def put_token(self, app_name: str, token_hash: bytes) -> None:
-        sql = "INSERT OR REPLACE INTO app_tokens VALUES (?, ?, ?)"
+        sql = (
+            "INSERT INTO app_tokens VALUES (?, ?, ?) ON CONFLICT (app_name) DO UPDATE "
+            "SET token_hash = excluded.token_hash, created = excluded.created"
+        )
         self._tx(lambda db: db.execute(sql, (app_name, token_hash, time.time())))
 
     def token_app(self, token_hash: bytes) -> str | None:
@@ -289,3 +273,40 @@ class SqliteStore(TemplateStore):
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+class SqliteStore(SqlStore):
+    """SQLite in WAL mode; one connection guarded by a lock (the service is I/O-light)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.lock = threading.Lock()
+        self._once = threading.Lock()  # serializes idempotent operations: check, run, record
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.lock:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                self.db.executescript(f"BEGIN; {script} PRAGMA user_version = {i}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self.db)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            return out

@@ -88,6 +88,24 @@ class Outbox:
             self.db.execute("UPDATE outbox SET refused = ? WHERE id = ?", (reason, row_id))
 
 
+def open_channel(
+    target: str,
+    ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    options: list[tuple[str, int]] | None = None,
+) -> grpc.Channel:
+    """Open a channel: plaintext without ``ca``, TLS with it, mTLS with ``cert`` and ``key``."""
+    if ca is None:
+        return grpc.insecure_channel(target, options)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(target, creds, options)
+
+
 class AuthClient:
     def __init__(
         self,
@@ -108,14 +126,7 @@ class AuthClient:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", int(c.backoff_max_s * 1000)),
         ]
-        if c.ca is None:
-            return grpc.insecure_channel(c.target, options)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=c.ca.read_bytes(),
-            private_key=c.key.read_bytes() if c.key else None,
-            certificate_chain=c.cert.read_bytes() if c.cert else None,
-        )
-        return grpc.secure_channel(c.target, creds, options)
+        return open_channel(c.target, c.ca, c.cert, c.key, options)
 
     def call(self, method: str, request: Message) -> Message:
         """Sign and send with a deadline; retry transient failures with exponential backoff."""

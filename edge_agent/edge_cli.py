@@ -54,6 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="enroll under this site key (for 1:N identify)")  # fmt: skip
     e.set_defaults(handler=_enroll)
 
+    k = actions.add_parser(
+        "rekey",
+        help="rotate a subject's key and replace their templates on the service",
+        description="Capture the subject again (a virtual face needs the face), rotate their "
+        "key, and send templates made under the new key with Rekey. The old key stays in "
+        "the keystore as the previous key. Also the way to move a subject to a new model.",
+    )
+    k.add_argument("--subject", required=True, help="the subject whose key is rotated")
+    k.add_argument("--source", required=True, help="webcam index, video, RTSP URL or folder")
+    k.add_argument("--frames", type=int, default=3, help="frames with a face to enroll (3)")
+    k.set_defaults(handler=_rekey)
+
     r = actions.add_parser("run", help="authenticate the faces of a source against a claim")
     r.add_argument("--source", required=True, help="webcam index, video, RTSP URL or folder")
     who = r.add_mutually_exclusive_group(required=True)
@@ -70,6 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--reference", type=Path, required=True, help="a photo of the person")
     v.add_argument("--source", required=True, help="virtual faces: image, folder or video")
     v.set_defaults(handler=_verify_original)
+
+    # Signed model updates (issue 5): the parser and handler live in edge_agent/model_registry.
+    from edge_agent.model_registry import add_update_parser
+
+    add_update_parser(actions)
 
 
 def _pipeline(args: argparse.Namespace):
@@ -132,6 +149,38 @@ def _enroll(args: argparse.Namespace) -> int:
     reply = client.send_or_queue("Enroll", req)
     state = f"{reply.templates_stored} templates stored" if reply else "queued in the outbox"
     sys.stdout.write(f"{args.subject}: {state}\n")
+    return 0
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    from edge_agent.capture import frames
+    from edge_agent.face.detect import NoFaceError
+    from kfaar_pb.v1 import auth_pb2
+
+    if args.frames < 1:
+        raise ValueError("--frames must be at least 1")
+    keys = _keystore(args)
+    if next((e.kind for e in keys.entries() if e.name == args.subject), None) != "subject":
+        raise LookupError(f"no subject key named {args.subject!r} in the keystore")
+    pipeline = _pipeline(args)
+    # Find the faces before rotating: a run that sees nobody must leave the key as it was.
+    shots = []
+    for label, frame in frames(args.source):
+        try:
+            shots.append((frame, pipeline.detector.primary(frame)))
+        except NoFaceError:
+            log.info("%s: no face", label)
+        if len(shots) == args.frames:
+            break
+    if not shots:
+        raise ValueError(f"no face found in {args.source}")
+    client = _client(args, keys)
+    key = keys.rotate(args.subject)
+    templates = [pipeline.message(pipeline.embed(frame, face, key)) for frame, face in shots]
+    req = auth_pb2.RekeyRequest(subject_id=args.subject, templates=templates)
+    reply = client.send_or_queue("Rekey", req)
+    state = f"{reply.templates_stored} templates stored" if reply else "queued in the outbox"
+    sys.stdout.write(f"{args.subject}: key rotated, {state}\n")
     return 0
 
 

@@ -32,8 +32,12 @@ class EdgePipeline:
         """Anonymize the frame's main face under ``key`` and embed the virtual face."""
         face = self.detector.primary(image)
         virtual = self.anonymizer.anonymize(image, face, key)
-        embedding = self.anonymizer.recognizer.embed(virtual, face.landmarks)
-        return VirtualFace(face, virtual, embedding)
+        return VirtualFace(face, virtual, self.anonymizer.recognizer.embed(virtual, face.landmarks))
+
+    def embed(self, image: np.ndarray, face: Face, key: bytes) -> np.ndarray:
+        """Return the embedding (128,) of ``face``'s virtual face under ``key``."""
+        virtual = self.anonymizer.anonymize(image, face, key)
+        return self.anonymizer.recognizer.embed(virtual, face.landmarks)
 
     def message(self, embedding: np.ndarray) -> common_pb2.Embedding:
         """Wrap a VIRTUAL embedding for the wire."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import grpc
+import numpy as np
 import pytest
 
 from auth_service.server import ServerConfig, start
@@ -106,3 +108,27 @@ def test_frame_sources(tmp_path: Path) -> None:
     )
     with pytest.raises(SourceError):
         frames(str(tmp_path / "missing.mp4"))
+
+
+def test_rekey_rotates_the_key_and_replaces_the_templates(edge, capsys, tmp_path: Path) -> None:
+    running, tmp = edge
+    first, second = sorted((asset_path("sample_faces") / "Hugh_Grant").glob("*.jpg"))
+    assert main(["edge", "enroll", "--subject", "s-hugh", "--source", str(first)]) == 0
+    before = running.store.subject_templates("s-hugh")[1]
+    old_key = Keystore.open(tmp / "ks.json", device_secret=SECRET).key("s-hugh")
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((120, 120, 3), 128, np.uint8))
+    assert main(["edge", "rekey", "--subject", "s-hugh", "--source", str(blank)]) == 2
+    assert "no face found" in capsys.readouterr().err
+    assert Keystore.open(tmp / "ks.json", device_secret=SECRET).key("s-hugh") == old_key
+
+    assert main(["edge", "rekey", "--subject", "s-hugh", "--source", str(second)]) == 0
+    assert "key rotated, 1 templates stored" in capsys.readouterr().out
+    keys = Keystore.open(tmp / "ks.json", device_secret=SECRET)
+    assert keys.previous_key("s-hugh") == old_key and keys.key("s-hugh") != old_key
+    after = running.store.subject_templates("s-hugh")[1]
+    assert after.shape == (1, 128) and float(after[0] @ before[0]) < 0.999
+
+    assert main(["edge", "rekey", "--subject", "nobody", "--source", str(second)]) == 2
+    assert "no subject key named 'nobody'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auth_service.index import IndexConfig
 from auth_service.proof import sign
 from auth_service.ratelimit import BackoffPolicy
 from auth_service.server import ServerConfig, start
@@ -39,7 +40,7 @@ class Client:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.meta = (("authorization", f"Bearer {token}"),)
-        self.device, self.key = device, key
+        self.device, self.key, self.token = device, key, token
 
     def call(self, name: str, request, signed: bool = True):
         if signed:
@@ -48,7 +49,10 @@ class Client:
 
 
 @pytest.fixture
-def service(tmp_path: Path):
+def service(tmp_path: Path, request):
+    # Tests may ask for another 1:N index or store with @pytest.mark.parametrize(indirect=True).
+    index, store = getattr(request, "param", (IndexConfig(), "sqlite"))
+    index = index or IndexConfig()
     cfg = ServerConfig(
         db=tmp_path / "kfaar.db",
         policy=Policy("hpvfg/1.0.0", {VIRTUAL: THRESHOLD}),
@@ -56,6 +60,8 @@ def service(tmp_path: Path):
         admin_token=ADMIN,
         workers=4,
         backoff=BackoffPolicy(free_failures=3, base_s=30),
+        index=index,
+        db_url=request.getfixturevalue("postgres_url") if store == "postgres" else None,
     )
     running = start(cfg)
     admin_channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
@@ -83,6 +89,12 @@ def code(fn) -> grpc.StatusCode:
     return exc.value.code()
 
 
+@pytest.mark.parametrize(
+    "service",
+    [(IndexConfig(), "sqlite"), (IndexConfig(ann_min_templates=1), "sqlite"), (None, "postgres")],
+    ids=["exact", "hnsw", "postgres"],
+    indirect=True,
+)
 def test_enroll_verify_identify_rekey_revoke(service) -> None:
     running, app, admin = service
     a = unit(1)
@@ -101,10 +113,40 @@ def test_enroll_verify_identify_rekey_revoke(service) -> None:
     app.call("Rekey", auth_pb2.RekeyRequest(subject_id="s-a", templates=[emb(new)]))
     assert not app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(near))).match
     assert app.call("Verify", auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(new))).match
+    assert not app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(near))).candidates
+    found = app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(new)))
+    assert [c.subject_id for c in found.candidates] == ["s-a"]
     assert app.call("Revoke", auth_pb2.RevokeRequest(subject_id="s-a")).templates_removed == 1
     missing = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(new))
     assert code(lambda: app.call("Verify", missing)) == grpc.StatusCode.NOT_FOUND
+    assert not app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(new))).candidates
     assert all("values" not in str(row) for row in running.store.audit_log())
+
+
+def test_a_new_model_version_asks_for_rekey(service, tmp_path: Path) -> None:
+    running, app, _ = service
+    a = unit(1)
+    app.call("Enroll", auth_pb2.EnrollRequest(subject_id="s-a", templates=[emb(a)]))
+    running.stop(0)
+    newer = common_pb2.ModelVersion(name="hpvfg", version="1.1.0")
+    cfg = ServerConfig(tmp_path / "kfaar.db", Policy("hpvfg/1.1.0", {VIRTUAL: THRESHOLD}), port=0)
+    upgraded = start(cfg)  # same database: devices, tokens and old templates are still there
+    try:
+        app = Client(upgraded.port, app.token, app.device, app.key)
+        verify = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(a, model=newer))
+        with pytest.raises(grpc.RpcError) as exc:
+            app.call("Verify", verify)
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "hpvfg/1.0.0 VIRTUAL only" in exc.value.details()
+        assert "re-enroll or rekey" in exc.value.details()
+        probe = auth_pb2.IdentifyRequest(probe=emb(a, model=newer))
+        assert not app.call("Identify", probe).candidates  # old templates are not searched
+        app.call("Rekey", auth_pb2.RekeyRequest(subject_id="s-a", templates=[emb(a, model=newer)]))
+        verify = auth_pb2.VerifyRequest(subject_id="s-a", probe=emb(a, model=newer))
+        assert app.call("Verify", verify).match
+        assert [c.subject_id for c in app.call("Identify", probe).candidates] == ["s-a"]
+    finally:
+        upgraded.stop(0)
 
 
 def test_idempotent_enroll_stores_once(service) -> None:

@@ -1,14 +1,13 @@
-"""The SQLite template store: migrations, tags, transactions, idempotency, audit."""
+"""The template stores, SQLite and PostgreSQL: migrations, tags, transactions, idempotency."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from auth_service.store import MIGRATIONS, SqliteStore, StoreError
+from auth_service.store import MIGRATIONS, SqliteStore, SqlStore, StoreError
 
 VIRTUAL, RECOVERED = 1, 2
 
@@ -18,19 +17,46 @@ def _unit(n: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "kfaar.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(tmp_path: Path, request) -> SqlStore:
+    if request.param == "sqlite":
+        yield SqliteStore(tmp_path / "kfaar.db")
+        return
+    from auth_service.store_postgres import PostgresStore
+
+    pg = PostgresStore(request.getfixturevalue("postgres_url"))
+    yield pg
+    pg.close()
 
 
-def test_schema_is_migrated_in_wal_mode(store: SqliteStore, tmp_path: Path) -> None:
+def test_sqlite_schema_is_migrated_in_wal_mode(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "kfaar.db")
     assert store.schema_version == len(MIGRATIONS)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
     assert SqliteStore(tmp_path / "kfaar.db").schema_version == len(MIGRATIONS)  # idempotent
 
 
-def test_templates_are_tagged_and_galleries_do_not_mix(store: SqliteStore) -> None:
+def test_postgres_schema_is_migrated_once(postgres_url: str) -> None:
+    from auth_service import store_postgres
+
+    first = store_postgres.PostgresStore(postgres_url)
+    first.put_device("door-1", b"k" * 32)
+    first.close()
+    again = store_postgres.PostgresStore(postgres_url)  # a restart: nothing re-created, kept
+    assert again.schema_version == len(store_postgres.MIGRATIONS)
+    assert again.device_key("door-1") == b"k" * 32
+    again.close()
+
+
+def test_postgres_connection_errors_are_clear() -> None:
+    from auth_service.store_postgres import PostgresStore
+
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+        PostgresStore("postgresql://nobody:secret-pw@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_templates_are_tagged_and_galleries_do_not_mix(store: SqlStore) -> None:
     a, b = _unit(2, 0), _unit(1, 1)
     assert store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, a) == 2
     store.enroll("s-b", "hpvfg/1.0.0", RECOVERED, b)
@@ -44,7 +70,7 @@ def test_templates_are_tagged_and_galleries_do_not_mix(store: SqliteStore) -> No
         store.enroll("s-d", "hpvfg/1.0.0", VIRTUAL, np.zeros((1, 64)))
 
 
-def test_rekey_replaces_atomically_and_revoke_removes(store: SqliteStore) -> None:
+def test_rekey_replaces_atomically_and_revoke_removes(store: SqlStore) -> None:
     store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(3, 0))
     new = _unit(1, 9)
     assert store.replace("s-a", "hpvfg/1.0.0", VIRTUAL, new) == 1
@@ -54,10 +80,10 @@ def test_rekey_replaces_atomically_and_revoke_removes(store: SqliteStore) -> Non
     assert store.revoke("s-a") == 1 and store.revoke("s-a") == 0
 
 
-def test_a_failed_transaction_leaves_nothing(store: SqliteStore) -> None:
+def test_a_failed_transaction_leaves_nothing(store: SqlStore) -> None:
     store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
 
-    def boom(db: sqlite3.Connection) -> None:
+    def boom(db) -> None:
         db.execute("DELETE FROM templates")
         raise RuntimeError("crash mid-transaction")
 
@@ -66,7 +92,7 @@ def test_a_failed_transaction_leaves_nothing(store: SqliteStore) -> None:
     assert store.subject_templates("s-a")[1].shape == (1, 128)
 
 
-def test_idempotent_operations_run_once(store: SqliteStore) -> None:
+def test_idempotent_operations_run_once(store: SqlStore) -> None:
     calls = []
 
     def enroll() -> bytes:
@@ -81,7 +107,7 @@ def test_idempotent_operations_run_once(store: SqliteStore) -> None:
         store.once("k-1", "Verify", enroll)
 
 
-def test_devices_and_audit(store: SqliteStore) -> None:
+def test_devices_and_audit(store: SqlStore) -> None:
     store.put_device("door-1", b"k" * 32)
     assert store.device_key("door-1") == b"k" * 32 and store.device_key("door-2") is None
     assert store.remove_device("door-1") and not store.remove_device("door-1")

@@ -58,3 +58,23 @@ def test_tls_and_mtls(pki, tmp_path: Path, mutual: bool) -> None:
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         running.stop(0)
+
+
+def test_kfaar_health_checks_like_a_client(pki, tmp_path: Path, capsys) -> None:
+    from edge_agent.cli import main
+
+    ours, _ = pki
+    tls = TLSFiles(ours / "server.crt", ours / "server.key", ours / "ca.crt")
+    cfg = ServerConfig(tmp_path / "db", Policy("hpvfg/1.0.0", {1: 0.93}), port=0, tls=tls)
+    running = start(cfg)
+    server = ["health", "--server", f"localhost:{running.port}", "--ca", str(ours / "ca.crt")]
+    client = ["--cert", str(ours / "client.crt"), "--key", str(ours / "client.key")]
+    try:
+        assert main([*server, *client]) == 0
+        assert "SERVING" in capsys.readouterr().out
+        assert main(server) == 1  # no client certificate: the handshake fails
+        assert "not healthy: UNAVAILABLE" in capsys.readouterr().err
+        assert main([*server, "--cert", str(tmp_path / "missing.crt")]) == 2
+    finally:
+        running.stop(0)
+    assert main([*server, *client, "--timeout", "0.5"]) == 1  # nobody listens any more
