@@ -24,6 +24,7 @@ class CliError(Exception):
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from auth_service.cli import register as register_serve
+    from edge_agent.anonymize.cli import register as register_anonymize
     from edge_agent.demo import register as register_demo
     from edge_agent.edge_cli import register as register_edge
     from edge_agent.keys_cli import register as register_keys
@@ -32,6 +33,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from training.recognizer.cli import register as register_recognizer
 
     return [
+        register_anonymize,
         register_demo,
         register_edge,
         register_eval,

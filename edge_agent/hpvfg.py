@@ -120,7 +120,15 @@ class HpvfgAnonymizer(Anonymizer):
 
     def transform_chips(self, chips: np.ndarray, key: bytes) -> np.ndarray:
         """Return virtual faces for aligned BGR chips (N, 150, 150, 3) of one key."""
-        z = self.recognizer.embed_chips(chips)
+        return self.generate(chips, self.recognizer.embed_chips(chips), key)
+
+    def generate(self, chips: np.ndarray, z: np.ndarray, key: bytes) -> np.ndarray:
+        """Return G(x, z, P(z, k)) for chips (N, 150, 150, 3) whose embeddings z are known.
+
+        Callers that already hold z (to choose keys, or smoothed along a video track) skip
+        the recognizer pass of :meth:`transform_chips`.
+        """
+        z = np.asarray(z, np.float32)
         feed = {
             "chip": chips.transpose(0, 3, 1, 2).astype(np.float32),
             "z": z,

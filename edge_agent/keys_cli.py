@@ -1,4 +1,4 @@
-"""``kfaar keys``: create and manage the edge keystore (``init|add|list|rotate|export-public``)."""
+"""``kfaar keys``: create and manage the edge keystore (``init|add|list|rotate|export-*``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.add_parser(
         "export-public", help="print the device's Ed25519 verify key (hex)"
     ).set_defaults(handler=_export_public)
+    exp = actions.add_parser(
+        "export-key",
+        help="write one key as a raw 32-byte file (mode 0600), for another key holder",
+        description="The file is the key in the clear: anyone holding it can make and search "
+        "that key's virtual faces. Hand it over on an encrypted channel and delete it after "
+        "use; kfaar anonymize and search-footage read it with --key-file.",
+    )
+    exp.add_argument("name")
+    exp.add_argument("--out", type=Path, required=True, help="file to create (never overwritten)")
+    exp.set_defaults(handler=_export_key)
 
 
 def _secrets(args: argparse.Namespace, confirm: bool = False) -> dict:
@@ -104,4 +114,18 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _export_public(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{open_keystore(args).signing_key().verify_key.encode().hex()}\n")
+    return 0
+
+
+def _export_key(args: argparse.Namespace) -> int:
+    from edge_agent.keys import fingerprint
+
+    key = open_keystore(args).key(args.name)
+    try:  # O_EXCL: never overwrite, and the key is never readable by others, not even briefly
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise ValueError(f"{args.out} exists; choose a new file") from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    sys.stdout.write(f"{args.name} {fingerprint(key)} -> {args.out}\n")
     return 0
