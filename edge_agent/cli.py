@@ -29,6 +29,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from edge_agent.edge_cli import register as register_edge
     from edge_agent.keys_cli import register as register_keys
     from training.evaluation.cli import register as register_eval
+    from training.federated.cli import register as register_fl
     from training.hpvfg.cli import register as register_hpvfg
     from training.recognizer.cli import register as register_recognizer
 
@@ -37,6 +38,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         register_demo,
         register_edge,
         register_eval,
+        register_fl,
         register_keys,
         register_hpvfg,
         register_recognizer,

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,21 +81,48 @@ class TripletSampler:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
+        torch.manual_seed(cfg.seed)  # before anything that draws: the port, PCA, layer init
+        recognizer = load_port()
+        train = ChipSet.load(cfg.train_chips)
+        basis = RotationBasis.fit(train.z)
+        space = FaceSpace.fit(train.chips, train.labels, train.z, cfg.generator)
+        generator = IdentityGenerator(cfg.generator, space)
+        kvfa = KVFA(basis, cfg.kvfa)
+        self._attach(cfg, train, ChipSet.load(cfg.dev_chips), generator, kvfa, basis, recognizer)
+
+    @classmethod
+    def around(
+        cls,
+        cfg: TrainConfig,
+        train: ChipSet,
+        devset: ChipSet,
+        generator: IdentityGenerator,
+        kvfa: KVFA,
+        basis: RotationBasis,
+        recognizer: torch.nn.Module | None = None,
+    ) -> Trainer:
+        """Wrap existing models and chip sets, e.g. a federated site fine-tuning its data."""
+        torch.manual_seed(cfg.seed)
+        self = cls.__new__(cls)
+        recognizer = recognizer if recognizer is not None else load_port()
+        self._attach(cfg, train, devset, generator, kvfa, basis, recognizer)
+        return self
+
+    def _attach(self, cfg, train, devset, generator, kvfa, basis, recognizer) -> None:
         self.cfg = cfg
         self.dev = torch.device(cfg.device)
-        torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen_aug = torch.Generator().manual_seed(cfg.seed)
-        self.train = ChipSet.load(cfg.train_chips)
-        self.devset = ChipSet.load(cfg.dev_chips)
-        self.recognizer = load_port().to(self.dev).eval().requires_grad_(False)
-        self.basis = RotationBasis.fit(self.train.z)
-        space = FaceSpace.fit(self.train.chips, self.train.labels, self.train.z, cfg.generator)
+        self.train, self.devset = train, devset
+        self.recognizer = recognizer.to(self.dev).eval().requires_grad_(False)
+        self.basis = basis
         self.projector = RotationProjector(self.basis).to(self.dev)
-        self.generator = IdentityGenerator(cfg.generator, space).to(self.dev)
-        self.kvfa = KVFA(self.basis, cfg.kvfa).to(self.dev)
+        self.generator = generator.to(self.dev)
+        self.kvfa = kvfa.to(self.dev)
         self.sample = TripletSampler(self.train.labels, self.rng)
         self.history: list[dict] = []
+        # Optional extra loss added in both stages, e.g. FedProx's proximal term.
+        self.penalty: Callable[[], torch.Tensor] | None = None
 
     # -- helpers ------------------------------------------------------------------
     def chips(self, idx: np.ndarray, s: ChipSet | None = None) -> torch.Tensor:
@@ -138,6 +166,8 @@ class Trainer:
             "edit": edit.pow(2).mean(),
         }
         total = sum(getattr(c, f"w_{k}") * v for k, v in losses.items())
+        if self.penalty is not None:
+            total = total + self.penalty()
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -195,6 +225,8 @@ class Trainer:
             "other_person": apart(r11, ry, c.kvfa_margin),
         }
         total = sum(losses.values())
+        if self.penalty is not None:
+            total = total + self.penalty()
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -1,0 +1,189 @@
+"""Issue 5: the shipped bundle in torch, partitions, a real Flower federation, signed updates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge_agent.assets import asset_path
+from edge_agent.cli import main
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def sample_chips():
+    from training.chips import build_chip_set, list_images
+
+    root = asset_path("sample_faces")
+    return build_chip_set(root, list_images(root)[:6])
+
+
+def test_bundle_rebuilds_in_torch_like_onnx(sample_chips) -> None:
+    from training.federated.task import default_bundle
+    from training.hpvfg.from_bundle import load_bundle_models
+    from training.hpvfg.projector import RotationProjector
+
+    bundle = default_bundle()
+    generator, kvfa, basis, _ = load_bundle_models(bundle)
+    rng = np.random.default_rng(0)
+    rot = basis.random_rotation(rng)
+    z = torch.from_numpy(sample_chips.z)
+    zv = RotationProjector(basis)(z, torch.from_numpy(rot))
+    chip = torch.from_numpy(sample_chips.chips).permute(0, 3, 1, 2).float()
+    feed = {"chip": chip.numpy(), "z": z.numpy(), "z_virtual": zv.numpy()}
+    with torch.no_grad():
+        ours = generator(chip, z, zv).numpy()
+        rec = kvfa(zv, torch.from_numpy(rot)).numpy()
+    theirs = _session(bundle / "generator.onnx").run(None, feed)[0]
+    assert np.abs(ours - theirs).max() < 1e-3
+    assert np.abs(ours - chip.numpy()).mean() > 1.0  # the comparison saw a real edit
+    kvfa_feed = {"virtual": zv.numpy(), "rotation": rot}
+    assert np.abs(rec - _session(bundle / "kvfa.onnx").run(None, kvfa_feed)[0]).max() < 1e-3
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("scheme", ["iid", "noniid"])
+def test_partition_is_identity_disjoint(tmp_path, lfw_dir, splits_dir, scheme, capsys) -> None:
+    from training.federated.partition import dev_identities
+
+    root = lfw_dir.parent
+    args = ["fl", "partition", "--out", str(tmp_path), "--sites", "3", "--scheme", scheme]
+    assert main([*args, "--data-root", str(root), "--max-identities", "30"]) == 0
+    doc = json.loads((tmp_path / "partition.json").read_text())
+    sites = [set(s["identities"]) for s in doc["sites"]]
+    assert all(sites) and sum(map(len, sites)) == len(set().union(*sites)) == 30
+    held_out = dev_identities(splits_dir / "lfw_dev_triplets.txt")
+    for s, ids in zip(doc["sites"], sites, strict=True):
+        on_disk = {p.name for p in Path(s["path"]).iterdir() if p.is_dir()}
+        assert on_disk == ids and not ids & held_out
+        assert all(f.resolve().is_file() for f in Path(s["path"]).glob("*/*"))
+    assert "site-2" in capsys.readouterr().out
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """A small bundle: the edge checks digests, not what the ONNX files compute."""
+    src = tmp_path / "bundle"
+    src.mkdir()
+    (src / "kvfa.onnx").write_bytes(b"model bytes")
+    import hashlib
+
+    files = {"kvfa.onnx": hashlib.sha256(b"model bytes").hexdigest()}
+    manifest = {"format": 1, "version": "1.1.0", "rotation_bands": [127], "files": files}
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    return src
+
+
+def test_publish_and_update_verify_signatures(tmp_path, bundle, capsys) -> None:
+    from edge_agent.hpvfg import Bundle
+    from edge_agent.model_registry import current_bundle
+
+    key, registry, edge = tmp_path / "pub.key", tmp_path / "registry", tmp_path / "edge"
+    assert main(["models", "keygen", str(key)]) == 0
+    assert key.stat().st_mode & 0o077 == 0
+    assert (
+        main(["models", "publish", str(bundle), "--key", str(key), "--registry", str(registry)])
+        == 0
+    )
+    update = ["edge", "update", "--registry", str(registry), "--models-dir", str(edge)]
+    trust = ["--trust", str(key.with_suffix(".pub"))]
+    assert main([*update, *trust]) == 0
+    assert Bundle.load(current_bundle(edge)).version == "1.1.0"
+
+    assert main(update) == 2  # no trusted key at all
+    assert "no trusted publisher key" in capsys.readouterr().err
+    assert main(["models", "keygen", str(tmp_path / "other.key")]) == 0
+    assert main([*update, "--trust", str(tmp_path / "other.pub")]) == 2
+    assert "does not verify" in capsys.readouterr().err
+
+    published = registry / "hpvfg" / "1.1.0"
+    manifest = published / "manifest.json"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b"1.1.0", b"1.1.1"))  # tampered manifest
+    assert main([*update, *trust]) == 2
+    assert "signature does not verify" in capsys.readouterr().err
+    manifest.write_bytes(original)
+    (published / "kvfa.onnx").write_bytes(b"evil bytes")  # signed manifest, swapped file
+    assert main([*update, *trust]) == 2
+    assert "does not match its manifest" in capsys.readouterr().err
+    (published / "manifest.sig").unlink()
+    assert main([*update, *trust]) == 2
+    assert "unsigned" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fl_local_two_sites_two_rounds(tmp_path, lfw_dir, splits_dir) -> None:
+    from training.federated.local import group_alive
+
+    out = tmp_path / "fl"
+    argv = ["fl", "local", "--out", str(out), "--sites", "2", "--rounds", "2"]
+    argv += ["--data-root", str(lfw_dir.parent), "--max-identities", "12", "--max-images", "4"]
+    argv += ["--local-steps", "2", "--local-kvfa-steps", "2", "--batch", "4"]
+    argv += ["--dev-faces", "16", "--calib-faces", "8", "--record", "--timeout", "300"]
+    try:
+        assert main(argv) == 0
+    finally:
+        pids = json.loads((out / "pids.json").read_text()) if (out / "pids.json").is_file() else []
+        assert pids and not any(group_alive(p) for p in pids)  # every Flower process is gone
+
+    rec = out / "record"
+    initial, first = np.load(rec / "global-round0.npz"), np.load(rec / "global-round1.npz")
+    sites = [np.load(p) for p in sorted(rec.glob("round1-node*.npz"))]
+    assert len(sites) == 2
+    n = np.array([float(s["num_examples"]) for s in sites])
+    assert n.min() > 0
+    for name in first.files:
+        mean = sum(w * s[name] for w, s in zip(n, sites, strict=True)) / n.sum()
+        np.testing.assert_allclose(first[name], mean, atol=1e-5)
+    assert max(np.abs(first[k] - initial[k]).max() for k in first.files) > 1e-4
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    assert metrics["best_round"] in (1, 2) and metrics["rounds"][1]["bytes_sent"] > 0
+    assert (out / "dev_metrics.png").stat().st_size > 1000
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["version"] == "1.1.0"
+    chip = np.zeros((1, 3, 150, 150), np.float32)
+    z = np.zeros((1, 128), np.float32)
+    z[0, 0] = 1.0
+    for name in ("generator.onnx", "generator.int8.onnx"):
+        virtual = _session(out / "model" / name).run(None, {"chip": chip, "z": z, "z_virtual": z})
+        assert virtual[0].shape == (1, 3, 150, 150)
+    shutil.rmtree(out / "sites")  # symlinks to the data: keep tmp_path small
+
+
+@pytest.mark.slow
+def test_fl_local_interrupted_stops_every_process(tmp_path, lfw_dir) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from training.federated.local import group_alive
+
+    out = tmp_path / "fl"
+    cmd = [sys.executable, "-m", "edge_agent.cli", "fl", "local", "--out", str(out)]
+    cmd += ["--sites", "2", "--rounds", "50", "--data-root", str(lfw_dir.parent)]
+    cmd += ["--max-identities", "8", "--max-images", "3", "--dev-faces", "8", "--no-export"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "logs" / "flwr-run.log").is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        pids = json.loads((out / "pids.json").read_text())
+        assert any(group_alive(p) for p in pids)
+        proc.send_signal(signal.SIGINT)  # Ctrl+C
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+    assert not any(group_alive(p) for p in pids)

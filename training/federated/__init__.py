@@ -1,0 +1,1 @@
+"""Federated fine-tuning of HPVFG + KVFA with Flower (issue 5)."""
