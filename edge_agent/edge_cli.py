@@ -90,10 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipeline(args: argparse.Namespace):
-    from edge_agent.hpvfg import HpvfgAnonymizer
+    from edge_agent.hpvfg import Bundle, HpvfgAnonymizer
+    from edge_agent.model_registry import installed_bundle
     from edge_agent.pipeline import EdgePipeline
 
-    return EdgePipeline(HpvfgAnonymizer(precision=args.precision))
+    # The version kfaar edge update verified and installed, else the packaged one.
+    bundle = Bundle.load(installed_bundle())
+    log.info("model hpvfg/%s from %s", bundle.version, bundle.path)
+    return EdgePipeline(HpvfgAnonymizer(bundle, precision=args.precision))
 
 
 def _keystore(args: argparse.Namespace):

@@ -161,6 +161,14 @@ def current_bundle(models: Path | None = None) -> Path:
         raise LookupError(f"no model version installed under {root}") from exc
 
 
+def installed_bundle(models: Path | None = None) -> Path | None:
+    """Return the version ``kfaar edge update`` installed, or None to use the packaged one."""
+    try:
+        return current_bundle(models)
+    except LookupError:
+        return None
+
+
 def add_update_parser(actions: argparse._SubParsersAction) -> None:
     """Add ``kfaar edge update`` to the edge command's actions."""
     u = actions.add_parser("update", help="install a signed model version from the registry")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def edge(tmp_path: Path, monkeypatch):
         "KFAAR_KEYSTORE": str(tmp_path / "ks.json"),
         "KFAAR_DEVICE_SECRET_FILE": str(tmp_path / "secret"),
         "KFAAR_OUTBOX": str(tmp_path / "outbox.db"),
+        "KFAAR_EDGE_MODELS": str(tmp_path / "edge-models"),
     }.items():
         monkeypatch.setenv(k, v)
     yield running, tmp_path
@@ -132,3 +134,22 @@ def test_rekey_rotates_the_key_and_replaces_the_templates(edge, capsys, tmp_path
 
     assert main(["edge", "rekey", "--subject", "nobody", "--source", str(second)]) == 2
     assert "no subject key named 'nobody'" in capsys.readouterr().err
+
+
+def test_the_edge_runs_the_version_it_installed(edge, capsys, tmp_path: Path) -> None:
+    running, _ = edge
+    bundle = tmp_path / "bundle"
+    shutil.copytree(Bundle.load().path, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "version": "1.0.1"}))
+    key, registry = tmp_path / "publisher.key", tmp_path / "registry"
+    assert main(["models", "keygen", str(key)]) == 0
+    publish = ["models", "publish", str(bundle), "--key", str(key), "--registry", str(registry)]
+    assert main(publish) == 0
+    trust = ["--trust", str(key.with_suffix(".pub"))]
+    assert main(["edge", "update", "--registry", str(registry), *trust]) == 0
+    sample = str(next(asset_path("sample_faces").glob("*/*.jpg")))
+    # The service still runs 1.0.0: the edge now sends 1.0.1 templates, which it refuses.
+    assert main(["edge", "enroll", "--subject", "s-new", "--source", sample]) == 2
+    assert "'hpvfg/1.0.1' does not match the service's 'hpvfg/1.0.0'" in capsys.readouterr().err
+    assert not running.store.subject_templates("s-new")[0]

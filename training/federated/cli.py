@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--local-kvfa-steps", type=int, default=None, help="KVFA steps per round")
     loc.add_argument("--batch", type=int, default=None, help="triplets per step")
     loc.add_argument("--dev-faces", type=int, default=120, help="dev faces per round (120)")
+    loc.add_argument("--secagg", action="store_true",
+                     help="SecAgg+: the server sees only the sum of the updates")  # fmt: skip
     loc.add_argument("--dp", action="store_true", help="local DP: clip + Gaussian noise")
     loc.add_argument("--dp-epsilon", type=float, default=None, help="per-round epsilon")
     loc.add_argument("--record", action="store_true",
@@ -119,6 +121,8 @@ def _local(args: argparse.Namespace) -> int:
             rc[key] = getattr(args, flag)
     if args.dp:
         rc["dp"] = True
+    if args.secagg:
+        rc["secagg"] = True
     if args.record:
         rc["record-dir"] = str((args.out / "record").resolve())
     rc |= dict(_override(s) for s in args.set)

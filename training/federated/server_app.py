@@ -1,7 +1,8 @@
 """ServerApp: federate the shipped model's trainable weights, judge each round on dev faces.
 
 FedAvg by default; ``strategy = "fedprox"`` (clients add the proximal term) or
-``"fedadam"`` (server-side Adam on the averaged update) from the run config. The server
+``"fedadam"`` (server-side Adam on the averaged update) from the run config, and
+``secagg = true`` for FedAvg under SecAgg+ (secure.py). The server
 evaluates every aggregate centrally on held-out dev identities, writes ``metrics.json``
 after each round and keeps the best round's weights as ``best.pt`` in ``kfaar train``'s
 checkpoint format, ready for ``training.hpvfg.export.export_bundle``.
@@ -124,8 +125,12 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(rc["out-dir"])).expanduser()
     nodes = int(rc["min-nodes"])
     evaluate = CentralEvaluator(rc, models, out, nodes)
+    digest = task.bundle_digest(bundle)
+    if rc.get("secagg", False):
+        _secure_main(grid, context, rc, initial, evaluate, digest)
+        return
     strategy = make_strategy(rc)
-    train_config = ConfigRecord({"base-digest": task.bundle_digest(bundle)})
+    train_config = ConfigRecord({"base-digest": digest})
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(initial),
@@ -140,3 +145,21 @@ def main(grid: Grid, context: Context) -> None:
     evaluate.rows[0]["strategy"] = type(strategy).__name__
     evaluate._write()
     log.info("federated run done; best round %s", evaluate.best and evaluate.best["round"])
+
+
+def _secure_main(grid, context, rc, initial, evaluate: CentralEvaluator, digest: str) -> None:
+    """SecAgg+ rounds (FedAvg only: Flower runs SecAgg+ on its legacy path)."""
+    from training.federated import secure
+
+    if str(rc.get("strategy", "fedavg")).lower() != "fedavg" or rc.get("dp", False):
+        raise ValueError("secagg runs with strategy = fedavg and without dp")
+
+    def judge(server_round: int, state) -> dict[str, float]:
+        return dict(evaluate(server_round, ArrayRecord(state)))
+
+    nodes, rounds = int(rc["min-nodes"]), int(rc["num-server-rounds"])
+    fit_config = {"base-digest": digest}
+    max_weight = float(rc.get("secagg-max-weight", 1000))
+    secure.run_server(grid, context, initial, rounds, nodes, fit_config, judge, max_weight)
+    evaluate.rows[0]["strategy"] = "FedAvg+SecAgg+"
+    evaluate._write()
