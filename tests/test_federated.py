@@ -210,3 +210,108 @@ def test_fl_local_interrupted_stops_every_process(tmp_path, lfw_dir) -> None:
     finally:
         proc.kill()
     assert not any(group_alive(p) for p in pids)
+
+
+def test_dev_tls_material_verifies_for_loopback(tmp_path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.cli.supernode.register import try_load_public_key
+
+    from training.federated.tls import make_tls_material
+
+    tls = make_tls_material(tmp_path / "tls", sites=2)
+    ca = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    server = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    assert not (tmp_path / "tls" / "ca.key").exists()  # nothing can sign more certificates
+    for key in tls.node_keys:
+        private = serialization.load_ssh_private_key(key.read_bytes(), password=None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+        assert key.stat().st_mode & 0o077 == 0
+        assert try_load_public_key(Path(f"{key}.pub"))  # what `flwr supernode register` accepts
+
+
+@pytest.mark.slow
+def test_fl_local_tls_with_supernode_auth(tmp_path, lfw_dir) -> None:
+    from training.federated.local import group_alive
+
+    out = tmp_path / "fl"
+    argv = ["fl", "local", "--out", str(out), "--sites", "2", "--rounds", "1", "--tls"]
+    argv += ["--data-root", str(lfw_dir.parent), "--max-identities", "12", "--max-images", "4"]
+    argv += ["--local-steps", "1", "--local-kvfa-steps", "1", "--batch", "4", "--dev-faces", "8"]
+    argv += ["--no-export", "--timeout", "300"]
+    try:
+        assert main(argv) == 0
+    finally:
+        pids = json.loads((out / "pids.json").read_text()) if (out / "pids.json").is_file() else []
+        assert pids and not any(group_alive(p) for p in pids)  # every Flower process is gone
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
+    logs = out / "logs"
+    link = (logs / "superlink.log").read_text()
+    assert "https://127.0.0.1" in link and "authentication is disabled" not in link
+    assert (logs / "register.log").read_text().count("registered successfully") == 2
+    assert link.count("[Fleet.ActivateNode] Activated node_id=") == 2
+    for i in range(2):
+        node = (logs / f"supernode-{i}.log").read_text()
+        assert "--insecure" not in node and "Failed to activate" not in node
+    shutil.rmtree(out / "sites")
+
+
+@pytest.mark.slow
+def test_tls_scripts_refuse_an_unregistered_supernode(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from training.federated.local import (
+        Processes,
+        _bin,
+        _wait_port,
+        free_port,
+        group_alive,
+        register_nodes,
+        write_flwr_home,
+    )
+
+    repo = Path(__file__).resolve().parents[1]
+    scripts, tls, port = repo / "deploy" / "flower", tmp_path / "tls", free_port()
+    env = dict(os.environ, FLWR_HOME=str(tmp_path / "home"), PORT=str(port), TLS_DIR=str(tls))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run(["bash", str(repo / "deploy/tls/make-dev-certs.sh"), str(tls)], check=True)
+    for name in ("site-a.key", "rogue.key"):
+        subprocess.run(["bash", str(scripts / "node-key.sh"), str(tls), name], check=True)
+    write_flwr_home(tmp_path / "home", port, tls / "ca.crt")
+    (tmp_path / "data").mkdir()
+    procs = Processes(tmp_path / "logs", env)
+    node = ["env", f"SUPERLINK=127.0.0.1:{port}", "bash", str(scripts / "supernode.sh")]
+    node += [str(tmp_path / "data"), "tls"]
+    try:
+        _wait_port(port, procs.start("superlink", ["bash", str(scripts / "superlink.sh"), "tls"]))
+        register_nodes([tls / "site-a.key"], env, tmp_path / "logs")
+        site = [f"PORT={free_port()}", f"NODE_KEY={tls / 'site-a.key'}"]
+        procs.start("site-a", [*node[:2], *site, *node[2:]])
+        rogue_env = [f"PORT={free_port()}", f"NODE_KEY={tls / 'rogue.key'}"]
+        rogue = procs.start("rogue", [*node[:2], *rogue_env, *node[2:]])
+        assert rogue.wait(60) != 0  # the SuperLink refused it: it gave up
+        ls = [_bin("flwr"), "supernode", "ls", "--format", "json"]
+        deadline, nodes = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            listing = subprocess.run(ls, env=env, capture_output=True, text=True, check=True)
+            nodes = json.loads(listing.stdout[listing.stdout.index("{") :])["nodes"]
+            if [n["status"] for n in nodes] == ["online"]:
+                break
+            time.sleep(1)
+        assert [n["status"] for n in nodes] == ["online"]  # only the registered site joined
+    finally:
+        procs.stop()
+    assert not any(group_alive(p) for p in procs.pgids())
+    link = (tmp_path / "logs" / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in link
+    assert "Failed to activate SuperNode" in (tmp_path / "logs" / "rogue.log").read_text()

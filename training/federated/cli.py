@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--no-export", action="store_true", help="stop after the federated run")
     loc.add_argument("--calib-faces", type=int, default=128, help="int8 calibration faces")
     loc.add_argument("--timeout", type=float, default=3600.0, help="seconds for flwr run")
+    loc.add_argument("--tls", action="store_true",
+                     help="TLS (dev CA in OUT/tls) + SuperNode authentication")  # fmt: skip
     loc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override an app run-config key, e.g. proximal-mu=0.1")  # fmt: skip
     _partition_args(loc)
@@ -140,6 +142,7 @@ def _local(args: argparse.Namespace) -> int:
         export=not args.no_export,
         calib_faces=args.calib_faces,
         timeout_s=args.timeout,
+        tls=args.tls,
         run_config=rc,
     )
     sys.stdout.write(json.dumps(fl_local(cfg), indent=1) + "\n")

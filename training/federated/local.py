@@ -4,6 +4,11 @@ One ``flower-superlink`` and N ``flower-supernode`` processes (each with its own
 folder) are started in their own process groups, ``flwr run`` submits the app, and every
 group is terminated in ``finally``, on error, Ctrl+C or SIGTERM alike. ``FLWR_HOME`` lives
 inside the output folder, so nothing touches ``~/.flwr``.
+
+With ``tls=True`` the SuperLink serves every API over TLS with a development CA from
+``OUT/tls`` and ``--enable-supernode-auth``; each site's OpenSSH EC public key is
+registered with ``flwr supernode register`` before its SuperNode starts with
+``--root-certificates`` and ``--auth-supernode-private-key``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from training.federated.tls import TlsMaterial, make_tls_material
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ class LocalConfig:
     export: bool = True
     calib_faces: int = 128
     timeout_s: float = 3600.0
+    tls: bool = False  # dev CA + TLS + SuperNode authentication on loopback
     run_config: dict = field(default_factory=dict)  # overrides of [tool.flwr.app.config]
 
 
@@ -64,13 +72,56 @@ def _toml_value(v) -> str:
     return json.dumps(str(v))  # a TOML basic string
 
 
-def write_flwr_home(home: Path, port: int) -> None:
-    """Write ``config.toml`` with one insecure loopback connection, the default."""
+def write_flwr_home(home: Path, port: int, root_certificates: Path | None = None) -> None:
+    """Write ``config.toml`` with one loopback connection, the default (TLS given a CA)."""
     home.mkdir(parents=True, exist_ok=True)
+    trust = "insecure = true\n"
+    if root_certificates is not None:
+        trust = f"root-certificates = {json.dumps(str(root_certificates.resolve()))}\n"
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n{trust}'
     )
+
+
+def superlink_cmd(port: int, tls: TlsMaterial | None = None) -> list[str]:
+    """Return the SuperLink command: insecure, or TLS with SuperNode authentication."""
+    cmd = [_bin("flower-superlink"), "--disable-runtime-dependency-installation"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    if tls is None:
+        return [*cmd, "--insecure"]
+    cmd += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.server_cert)]
+    return [*cmd, "--ssl-keyfile", str(tls.server_key), "--enable-supernode-auth"]
+
+
+def supernode_cmd(
+    link_port: int, site: Path, tls: TlsMaterial | None = None, key: Path | None = None
+) -> list[str]:
+    """Return a SuperNode command for ``site``: insecure, or TLS authenticated by ``key``."""
+    node_config = f"data-path={json.dumps(str(site.resolve()))}"
+    cmd = [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{link_port}"]
+    cmd += ["--port", str(free_port()), "--node-config", node_config]
+    if tls is None:
+        return [*cmd, "--insecure"]
+    if key is None:
+        raise ValueError("a SuperNode with TLS needs its authentication key")
+    return [*cmd, "--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(key)]
+
+
+def register_nodes(keys: list[Path], env: dict[str, str], logs: Path) -> None:
+    """Register each site's public key (``<key>.pub``) with the SuperLink via the Flower CLI."""
+    for i, key in enumerate(keys):
+        cmd = [_bin("flwr"), "supernode", "register", f"{key}.pub", CONNECTION]
+        cmd += ["--name", f"site-{i}"]
+        with open(logs / "register.log", "ab") as f:
+            done = subprocess.run(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=120, check=False
+            )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"flwr supernode register {key}.pub exited with code {done.returncode}; "
+                f"see {logs / 'register.log'}"
+            )
 
 
 class Processes:
@@ -139,12 +190,17 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> No
 
 
 def run_federation(
-    out: Path, site_paths: list[Path], run_config: dict, timeout_s: float = 3600.0
+    out: Path,
+    site_paths: list[Path],
+    run_config: dict,
+    timeout_s: float = 3600.0,
+    tls: bool = False,
 ) -> Path:
     """Run the app on loopback with one SuperNode per site; return the server's out-dir."""
     home, logs = out / "flwr-home", out / "logs"
     port = free_port()
-    write_flwr_home(home, port)
+    material = make_tls_material(out / "tls", len(site_paths)) if tls else None
+    write_flwr_home(home, port, material.ca if material else None)
     env = dict(os.environ, FLWR_HOME=str(home), PYTHONUNBUFFERED="1")
     # One thread per process: sites and server share the machine's cores.
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -157,17 +213,13 @@ def run_federation(
     procs = Processes(logs, env)
     try:
         with _sigterm_as_interrupt():
-            link = procs.start("superlink", [
-                _bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                "--host", "127.0.0.1", "--port", str(port),
-            ])  # fmt: skip
+            link = procs.start("superlink", superlink_cmd(port, material))
             _wait_port(port, link)
+            if material is not None:
+                register_nodes(list(material.node_keys), env, logs)
             for i, site in enumerate(site_paths):
-                node_config = f"data-path={json.dumps(str(site.resolve()))}"
-                procs.start(f"supernode-{i}", [
-                    _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                    "--port", str(free_port()), "--node-config", node_config,
-                ])  # fmt: skip
+                key = material.node_keys[i] if material else None
+                procs.start(f"supernode-{i}", supernode_cmd(port, site, material, key))
             (out / "pids.json").write_text(json.dumps(procs.pgids()))
             cmd = [_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--stream"]
             cmd += ["--run-config", str(out / "run_config.toml")]

@@ -130,7 +130,7 @@ def fl_local(cfg: LocalConfig) -> dict:
         "dev-faces": cfg.dev_faces,
         "dev-chips": str(dev_chip_set(lfw, dev_triplets, cfg.dev_faces, out / "dev_chips.npz")),
     } | cfg.run_config
-    server = run_federation(out, sites, run_config, cfg.timeout_s)
+    server = run_federation(out, sites, run_config, cfg.timeout_s, tls=cfg.tls)
     metrics = json.loads((server / "metrics.json").read_text())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     summary = {"metrics": str(out / "metrics.json"), "best_round": metrics["best_round"]}
