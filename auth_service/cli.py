@@ -57,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ann-min-templates",
         type=int,
-        default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "200000")),
+        default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "1000000")),
         help="1:N search uses an HNSW shortlist with exact re-scoring from this many "
-        "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 200000)",
+        "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 1000000)",
     )
     p.set_defaults(handler=_serve)
 

@@ -17,13 +17,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexConfig:
-    # Below this many live templates a matrix product is faster than HNSW on a small CPU
-    # (about 2 ms at 100k here, benchmarks/service.py); above it the HNSW graph takes over.
-    ann_min_templates: int = 200_000
+    # Exact search costs 1.3 ms at 100k templates and 5.2 ms at 300k on a 2-core CPU, and
+    # never misses; the graph is 3x faster at 300k but misses the exact top subject in 2-3%
+    # of searches there (benchmarks/identify_index.py). So exact search up to a million.
+    ann_min_templates: int = 1_000_000
     shortlist: int = 128  # templates taken from the graph, then re-scored exactly
-    # Search breadth: 128 missed the exact top subject in 2% of searches at 100k templates
-    # and 11% at 300k (benchmarks/identify_index.py); 384 costs about 1 ms.
-    ef_search: int = 384
+    # Search breadth: at 300k templates ef 128 missed the exact top subject in 11% of
+    # searches, 512 in 2.4% at 1.7 ms (benchmarks/identify_index.py).
+    ef_search: int = 512
     connectivity: int = 16
     ef_add: int = 128
     rebuild_dead_fraction: float = 0.25  # rebuild the graph once this share is tombstones
@@ -53,8 +54,9 @@ class TemplateIndex:
         """Build an index from a store's gallery in one pass."""
         index = cls(config)
         n = len(gallery.subjects)
-        index._vectors = np.asarray(gallery.vectors, np.float32).reshape(n, EMBED_DIM).copy()
-        index._alive = np.ones(n, bool)
+        index._grow(n + max(1024, n // 4))  # headroom: the next enrollments copy nothing
+        index._vectors[:n] = np.asarray(gallery.vectors, np.float32).reshape(n, EMBED_DIM)
+        index._alive[:n] = True
         index._subjects = list(gallery.subjects)
         index._n = index._live = n
         index._map_rows()
