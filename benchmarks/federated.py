@@ -28,7 +28,7 @@ def _federated(args, scheme: str, out: Path, extra: dict) -> dict:
     from training.federated.pipeline import fl_local
 
     rc = {"local-steps": args.local_steps, "local-kvfa-steps": args.local_steps}
-    rc |= {"batch": args.batch} | extra
+    rc |= {"batch": args.batch, "lr": args.lr, "kvfa-lr": args.kvfa_lr} | extra
     cfg = LocalConfig(
         out=out,
         sites=args.sites,
@@ -63,7 +63,9 @@ def _centralized(args, fed_out: Path) -> dict:
     dev = ChipSet.load(fed_out / "dev_chips.npz")
     models = task.load_models()
     steps = args.rounds * args.sites * args.local_steps
-    cfg = task.LocalConfig(steps=steps, kvfa_steps=steps, batch=args.batch)
+    cfg = task.LocalConfig(
+        steps=steps, kvfa_steps=steps, batch=args.batch, lr=args.lr, kvfa_lr=args.kvfa_lr
+    )
     t0 = time.perf_counter()
     task.fit_local(models, union, cfg)
     final = task.dev_metrics(models, dev, args.dev_faces)
@@ -97,6 +99,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--local-steps", type=int, default=5)
     p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--lr", type=float, default=1e-3, help="generator learning rate")
+    p.add_argument("--kvfa-lr", type=float, default=5e-4, help="KVFA learning rate")
     p.add_argument("--dev-faces", type=int, default=60)
     p.add_argument("--max-identities", type=int, default=150)
     p.add_argument("--max-images", type=int, default=6)

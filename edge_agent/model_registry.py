@@ -138,7 +138,9 @@ def install(
     source = registry / FAMILY / version
     if not source.is_dir():
         raise LookupError(f"version {version} is not published in {registry}")
-    verify(source, trusted)
+    signed = verify(source, trusted).version
+    if signed != version:  # a signed old version renamed to pose as a newer one
+        raise SignatureError(f"{source}: the signed manifest is version {signed}, not {version}")
     root = (models or default_edge_models()) / FAMILY
     dest = root / version
     tmp = root / f".{version}.tmp"

@@ -112,6 +112,10 @@ def test_publish_and_update_verify_signatures(tmp_path, bundle, capsys) -> None:
     assert main([*update, *trust]) == 2
     assert "signature does not verify" in capsys.readouterr().err
     manifest.write_bytes(original)
+    published.rename(registry / "hpvfg" / "9.9.9")  # a signed version posing as another
+    assert main([*update, *trust, "--version", "9.9.9"]) == 2
+    assert "signed manifest is version 1.1.0, not 9.9.9" in capsys.readouterr().err
+    (registry / "hpvfg" / "9.9.9").rename(published)
     (published / "kvfa.onnx").write_bytes(b"evil bytes")  # signed manifest, swapped file
     assert main([*update, *trust]) == 2
     assert "does not match its manifest" in capsys.readouterr().err
