@@ -202,6 +202,9 @@ def run_federation(
     material = make_tls_material(out / "tls", len(site_paths)) if tls else None
     write_flwr_home(home, port, material.ca if material else None)
     env = dict(os.environ, FLWR_HOME=str(home), PYTHONUNBUFFERED="1")
+    # Flower's processes start others (flower-superexec) by name: find them beside ours,
+    # also when this venv is not activated (make test runs .venv/bin/pytest directly).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # One thread per process: sites and server share the machine's cores.
     env.setdefault("OMP_NUM_THREADS", "1")
     cfg = dict(run_config)
