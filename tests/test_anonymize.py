@@ -57,7 +57,8 @@ def test_folder_is_mirrored_with_same_sizes_and_sidecars(run) -> None:
         assert side["model"]["version"] == Bundle.load().version
         assert side["key_fingerprints"] == [fingerprint(KEY)]
         assert side["faces"]
-        assert {f["key_fingerprint"] for f in side["faces"]} == {fingerprint(KEY)}
+        replaced = [f for f in side["faces"] if f["mode"] != "suspect"]  # suspects: blurred
+        assert {f["key_fingerprint"] for f in replaced} == {fingerprint(KEY)}
         assert KEY.hex() not in json.dumps(side)
     assert not list(out.rglob(".*part*"))
 
@@ -213,3 +214,22 @@ def test_a_keystore_site_key_and_its_exported_key_file_agree(
     assert np.array_equal(load_image(a), load_image(b))
     side = json.loads(Path(f"{a}.json").read_text())
     assert side["faces"][0]["key_fingerprint"] == fingerprint(exported.read_bytes())
+
+
+def test_suspected_faces_are_blurred_not_left(lfw_dir: Path, tmp_path: Path) -> None:
+    # A portrait with a second person cut off at the bottom-left edge (YuNet: 0.94, 0.48).
+    src = lfw_dir / "Gerhard_Schroeder" / "Gerhard_Schroeder_0028.jpg"
+    (tmp_path / "key").write_bytes(KEY)
+    base = ["anonymize", str(src), "--key-file", str(tmp_path / "key")]
+    assert main([*base, "-o", str(tmp_path / "on")]) == 0
+    assert main([*base, "-o", str(tmp_path / "off"), "--suspect-score", "0.6"]) == 0
+    faces = json.loads((tmp_path / "on" / f"{src.name}.json").read_text())["faces"]
+    assert [f["mode"] for f in faces] == ["detected", "suspect"]
+    assert "suspect" not in (tmp_path / "off" / f"{src.name}.json").read_text()
+    x, y, w, h = (round(v) for v in faces[1]["box"])
+    region = np.s_[max(y, 0) : y + h, max(x, 0) : x + w]
+    original = load_image(src)[region].astype(np.float32)
+    on, off = (load_image(tmp_path / d / src.name)[region].astype(float) for d in ("on", "off"))
+    assert np.abs(on - original).mean() > 8  # blurred beyond JPEG noise
+    assert np.abs(off - original).mean() < 4  # left as it was without suspect blurring
+    assert main([*base, "-o", str(tmp_path / "x"), "--suspect-score", "0.9"]) == 2

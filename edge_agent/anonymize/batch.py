@@ -146,11 +146,12 @@ class Runner:
 
     def _flush(self, batch: list) -> None:
         ready = []
-        for (src, dst), image, faces in batch:
+        for (src, dst), image, found in batch:
+            faces, suspects = self.engine.split(found or [])
             if isinstance(image, Exception):
                 self._fail(src, f"unreadable: {image}")
             elif faces:
-                ready.append(((src, dst), image, faces))
+                ready.append(((src, dst), image, faces, suspects))
             elif self.options.fallback == "skip":
                 log.warning("%s: no face found; skipped (no output)", src)
                 self.results.append(FileResult(str(src), None, "skipped", error="no face found"))
@@ -163,12 +164,13 @@ class Runner:
         batch.clear()
         if ready:
             try:
-                outs = self.engine.replace_images([(img, faces) for _, img, faces in ready])
+                outs = self.engine.replace_images([(img, faces) for _, img, faces, _ in ready])
             except Exception as exc:  # fails these files only
                 for (src, _), *_ in ready:
                     self._fail(src, f"anonymization failed: {exc}")
                 return
-            for ((src, dst), _, _), (out, records) in zip(ready, outs, strict=True):
+            for ((src, dst), _, _, suspects), (out, records) in zip(ready, outs, strict=True):
+                records += self.engine.blur_suspects(out, suspects)
                 self._write_image(src, dst, out, records)
 
     def _write_image(self, src, dst, image, records: list[FaceOut], note: str = "") -> None:
@@ -211,7 +213,7 @@ class Runner:
                 "fps": res.fps,
                 "frames": res.frames,
                 "blurred_frames": res.blurred_frames,
-                "tracks": len({f.track for f in res.faces}),
+                "tracks": len({f.track for f in res.faces if f.track is not None}),
                 "flicker": flicker,
                 "faces": res.faces,
             }

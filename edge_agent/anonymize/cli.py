@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an image or video frame without a detected face: fail the file "
                    "(default), blur the whole frame, or skip the file (no output); in videos, "
                    "blur also replaces tracked-through-a-miss faces by a blurred box")  # fmt: skip
+    a.add_argument("--suspect-score", type=float, default=0.4,
+                   help="detections scoring from this up to the replace score (0.6) are "
+                   "blurred, not replaced: cut-off, blurry or turned-away faces (0.4; 0.6 "
+                   "turns it off)")  # fmt: skip
     a.add_argument("--hold", type=int, default=8,
                    help="video: frames a lost face stays anonymized in place (8)")  # fmt: skip
     a.add_argument("--smooth", type=float, default=0.5,
@@ -104,15 +108,17 @@ def _single_key(args: argparse.Namespace) -> bytes | None:
 
 def _anonymize(args: argparse.Namespace) -> int:
     from edge_agent.anonymize.batch import Options, Runner, plan, write_atomic
-    from edge_agent.anonymize.engine import Engine, KeyChooser, load_key_map
-    from edge_agent.face.detect import FaceDetector
+    from edge_agent.anonymize.engine import REPLACE_SCORE, Engine, KeyChooser, load_key_map
+    from edge_agent.face.detect import DetectorConfig, FaceDetector
     from edge_agent.hpvfg import HpvfgAnonymizer
 
     _check(args)
     pairs = plan(args.input, args.output)  # bad paths fail before any model loads
     default = _single_key(args)
     anon = HpvfgAnonymizer(precision=args.precision, threads=args.threads)
-    detector = FaceDetector()
+    if not 0 < args.suspect_score <= REPLACE_SCORE:
+        raise ValueError(f"--suspect-score must be in (0, {REPLACE_SCORE}]")
+    detector = FaceDetector(DetectorConfig(score_threshold=args.suspect_score))
     subjects = []
     if args.key_map is not None:
         store = None

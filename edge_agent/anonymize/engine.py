@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from edge_agent.face.align import align, paste_back
-from edge_agent.face.detect import FaceDetector
+from edge_agent.face.detect import Face, FaceDetector
 from edge_agent.face.image_io import load_image
 from edge_agent.hpvfg import HpvfgAnonymizer
 from edge_agent.keys import check_key, fingerprint, new_key
@@ -162,6 +162,9 @@ def blur_frame(image: np.ndarray) -> np.ndarray:
     return out
 
 
+REPLACE_SCORE = 0.6  # the detector's default operating point (edge_agent/face/detect.py)
+
+
 @dataclass
 class FaceOut:
     """One replaced (or blurred) face, as the sidecar records it."""
@@ -170,7 +173,7 @@ class FaceOut:
     score: float
     key_label: str
     key_fingerprint: str
-    mode: str = "detected"  # detected | held (tracked through a miss) | blurred
+    mode: str = "detected"  # detected | held (tracked through a miss) | blurred | suspect
     frame: int | None = None
     track: int | None = None
 
@@ -195,6 +198,24 @@ class Engine:
     keys: KeyChooser
     detector: FaceDetector = field(default_factory=FaceDetector)
     batch: int = 16
+    # Detections from this score on get a virtual face; the detector's own threshold may
+    # sit lower, and what scores in between (cut-off, blurred or turned-away faces, some
+    # hands) is blurred instead: for anonymization a miss leaks, a false alarm does not.
+    replace_score: float = REPLACE_SCORE
+
+    def split(self, faces: list[Face]) -> tuple[list[Face], list[Face]]:
+        """Return (faces to replace, suspected faces to blur)."""
+        return (
+            [f for f in faces if f.score >= self.replace_score],
+            [f for f in faces if f.score < self.replace_score],
+        )
+
+    @staticmethod
+    def blur_suspects(image: np.ndarray, suspects: list[Face], frame: int | None = None):
+        """Blur suspected faces in place; return their sidecar records."""
+        for f in suspects:
+            blur_region(image, f.box)
+        return [FaceOut(f.box, f.score, "-", "-", "suspect", frame) for f in suspects]
 
     def chips(self, image: np.ndarray, landmarks: list[np.ndarray]) -> tuple[np.ndarray, list]:
         """Align each face; return chips (N, 150, 150, 3) and their frame->chip matrices."""

@@ -184,7 +184,8 @@ class VideoAnonymizer:
 
     def _chunk(self, frames: list[np.ndarray], first: int, tracker: Tracker, faces, diffs):
         eng = self.engine
-        detections = list(self.pool.map(eng.detector.detect, frames))
+        split = [eng.split(found) for found in self.pool.map(eng.detector.detect, frames)]
+        detections, suspects = [d for d, _ in split], [s for _, s in split]
         jobs = []  # (frame in chunk, track, held, landmarks, box, score) as of that frame
         for i, dets in enumerate(detections):
             for t, held in tracker.step(dets):
@@ -228,6 +229,8 @@ class VideoAnonymizer:
         for i, whole in enumerate(blur_whole):
             if whole:
                 outs[i] = blur_frame(outs[i])
+            else:
+                faces += eng.blur_suspects(outs[i], suspects[i], first + i)
         return outs, sum(blur_whole)
 
 
