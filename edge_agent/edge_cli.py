@@ -117,6 +117,14 @@ def _client(args: argparse.Namespace, keys):
     return AuthClient(cfg, keys.signing_key(), outbox)
 
 
+def _write(client, method: str, req, prefix: str) -> int:
+    """Send an enrollment-type write (or queue it while the service is down); report it."""
+    reply = client.send_or_queue(method, req)
+    state = f"{reply.templates_stored} templates stored" if reply else "queued in the outbox"
+    sys.stdout.write(f"{prefix}{state}\n")
+    return 0
+
+
 def _faces(source: str, pipeline, key: bytes, limit: int | None):
     """Yield (label, original, virtual face) for frames with a face, up to ``limit``."""
     from edge_agent.capture import frames
@@ -148,12 +156,8 @@ def _enroll(args: argparse.Namespace) -> int:
     templates = [pipeline.message(vf.embedding) for _, _, vf in faces]
     if not templates:
         raise ValueError(f"no face found in {args.source}")
-    client = _client(args, keys)
     req = auth_pb2.EnrollRequest(subject_id=args.subject, templates=templates)
-    reply = client.send_or_queue("Enroll", req)
-    state = f"{reply.templates_stored} templates stored" if reply else "queued in the outbox"
-    sys.stdout.write(f"{args.subject}: {state}\n")
-    return 0
+    return _write(_client(args, keys), "Enroll", req, f"{args.subject}: ")
 
 
 def _rekey(args: argparse.Namespace) -> int:
@@ -182,10 +186,7 @@ def _rekey(args: argparse.Namespace) -> int:
     key = keys.rotate(args.subject)
     templates = [pipeline.message(pipeline.embed(frame, face, key)) for frame, face in shots]
     req = auth_pb2.RekeyRequest(subject_id=args.subject, templates=templates)
-    reply = client.send_or_queue("Rekey", req)
-    state = f"{reply.templates_stored} templates stored" if reply else "queued in the outbox"
-    sys.stdout.write(f"{args.subject}: key rotated, {state}\n")
-    return 0
+    return _write(client, "Rekey", req, f"{args.subject}: key rotated, ")
 
 
 def _run(args: argparse.Namespace) -> int:

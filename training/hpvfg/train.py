@@ -165,13 +165,7 @@ class Trainer:
             "reconstruction": recon.pow(2).mean(),
             "edit": edit.pow(2).mean(),
         }
-        total = sum(getattr(c, f"w_{k}") * v for k, v in losses.items())
-        if self.penalty is not None:
-            total = total + self.penalty()
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return self._step(opt, sum(getattr(c, f"w_{k}") * v for k, v in losses.items()), losses)
 
     @torch.no_grad()
     def dev_metrics(self) -> dict:
@@ -224,7 +218,10 @@ class Trainer:
             "wrong_key": apart(self.kvfa(e11, qw), z1, c.kvfa_margin),
             "other_person": apart(r11, ry, c.kvfa_margin),
         }
-        total = sum(losses.values())
+        return self._step(opt, sum(losses.values()), losses)
+
+    def _step(self, opt: torch.optim.Optimizer, total: torch.Tensor, losses: dict) -> dict:
+        """Add the optional penalty, take one optimizer step; return the losses as floats."""
         if self.penalty is not None:
             total = total + self.penalty()
         opt.zero_grad()
