@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from auth_service.admin_cli import register as register_admin
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
@@ -49,10 +51,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: shipped)")
     p.add_argument(
+        "--far",
+        type=float,
+        default=_env("KFAAR_OPERATING_FAR", "1e-3"),  # a string default goes through type
+        help="operating point: the false-accept rate whose thresholds, calibrated per space "
+        "in the bundle, decide; 1e-3 or 1e-4 ($KFAAR_OPERATING_FAR; default 1e-3)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("KFAAR_METRICS_PORT", "0")) or None,
         help="serve Prometheus metrics on this port ($KFAAR_METRICS_PORT; default off)",
+    )
+    p.add_argument(
+        "--guess-budgets",
+        default=_env("KFAAR_GUESS_BUDGETS", ""),
+        metavar="NAME=BURST/PER_HOUR,...",
+        help="Verify/Identify misses allowed back to back and regained per hour, per device, "
+        "token, subject (all devices) and pair (one subject from one device); e.g. "
+        "'device=200/2000' for a busy 1:N camera ($KFAAR_GUESS_BUDGETS; default "
+        "device=50/360,token=200/1800,subject=20/60,pair=5/12)",
     )
     p.add_argument(
         "--ann-min-templates",
@@ -60,6 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "1000000")),
         help="1:N search uses an HNSW shortlist with exact re-scoring from this many "
         "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 1000000)",
+    )
+    p.add_argument(
+        "--idempotency-ttl",
+        type=float,
+        default=_env("KFAAR_IDEMPOTENCY_TTL_S", "86400"),  # a string default goes through type
+        help="seconds a write's reply answers retries with its idempotency key; longer than "
+        "the longest outage an edge outbox must bridge ($KFAAR_IDEMPOTENCY_TTL_S; default "
+        "86400)",
     )
     p.set_defaults(handler=_serve)
 
@@ -83,16 +109,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     h.set_defaults(handler=_health)
+    register_admin(sub)  # kfaar admin: scoped devices and tokens
 
 
 def _serve(args: argparse.Namespace) -> int:
     from auth_service.index import IndexConfig
+    from auth_service.ratelimit import GuessBudgets
     from auth_service.server import ServerConfig, TLSFiles, serve_forever
     from auth_service.servicer import Policy
     from edge_agent.hpvfg import Bundle
 
+    if not args.idempotency_ttl > 0:
+        raise ValueError("--idempotency-ttl must be a positive number of seconds")
     if args.ann_min_templates < 1:
         raise ValueError("--ann-min-templates must be at least 1")
+    guess = GuessBudgets.parse(args.guess_budgets)  # a bad value raises a clear ValueError
     if args.insecure == bool(args.tls_cert):
         raise ValueError("give --tls-cert and --tls-key, or --insecure for loopback")
     if args.insecure and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -101,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     if tls is not None and not (tls.cert.is_file() and tls.key and tls.key.is_file()):
         raise FileNotFoundError("--tls-cert and --tls-key must name readable files")
     token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
-    policy = Policy.from_bundle(Bundle.load(args.bundle), args.allow_recovered)
+    policy = Policy.from_bundle(Bundle.load(args.bundle), args.allow_recovered, args.far)
     cfg = ServerConfig(
         db=args.db,
         policy=policy,
@@ -112,6 +143,8 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         db_url=args.db_url,
         index=IndexConfig(ann_min_templates=args.ann_min_templates),
+        idempotency_ttl_s=args.idempotency_ttl,
+        guess=guess,
     )
     serve_forever(cfg)
     return 0

@@ -4,6 +4,7 @@ Tokens travel as ``authorization: Bearer <token>`` metadata. The service keeps o
 BLAKE2b hashes of app tokens (in the store) and of the admin token (in memory). Device
 proofs are checked on the deserialized request, so the interceptor wraps each unary
 handler; stream probes are checked one by one by the servicer with the same verifier.
+Then the token's grant is checked against the device and method (auth_service/authz.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import nacl.hash
 import nacl.signing
 from google.protobuf.message import Message
 
-from auth_service.proof import NonceCache, ProofError, verify
+from auth_service.authz import (
+    ADMIN_GRANT,
+    CALLER,
+    DEFAULT_METHODS,
+    GRANT,
+    AuthzError,
+    Grant,
+    authorize,
+)
+from auth_service.proof import NonceCache, ProofError, StoredNonces, verify
 from auth_service.store import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -47,18 +57,22 @@ def bearer(metadata: tuple | None) -> str | None:
 class DeviceVerifier:
     """Check a request's device proof against the registered verify key."""
 
-    def __init__(self, store: TemplateStore, nonces: NonceCache) -> None:
+    def __init__(self, store: TemplateStore, nonces: NonceCache | StoredNonces) -> None:
         self.store, self.nonces = store, nonces
 
     def check(self, method: str, request: Message) -> str:
         """Return the verified device id, or raise ProofError."""
+        return self.check_device(method, request)[0]
+
+    def check_device(self, method: str, request: Message) -> tuple[str, str]:
+        """Return the verified device id and its scope, or raise ProofError."""
         if not request.HasField("proof") or not request.proof.device_id:
             raise ProofError("missing device proof")
-        raw = self.store.device_key(request.proof.device_id)
-        if raw is None:
+        found = self.store.device(request.proof.device_id)
+        if found is None:
             raise ProofError(f"unknown device {request.proof.device_id!r}")
-        verify(method, request, nacl.signing.VerifyKey(raw), self.nonces)
-        return request.proof.device_id
+        verify(method, request, nacl.signing.VerifyKey(found[0]), self.nonces)
+        return request.proof.device_id, found[1]
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -67,36 +81,46 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, store: TemplateStore, verifier: DeviceVerifier, admin_hash: bytes | None):
         self.store, self.verifier, self.admin_hash = store, verifier, admin_hash
 
-    def _role(self, metadata: tuple | None) -> str | None:
+    def _grant(self, metadata: tuple | None) -> Grant | None:
         token = bearer(metadata)
         if token is None:
             return None
         h = token_hash(token)
         if self.admin_hash is not None and hmac.compare_digest(h, self.admin_hash):
-            return "admin"
-        return "app" if self.store.token_app(h) is not None else None
+            return ADMIN_GRANT
+        found = self.store.token_grant(h)
+        if found is None:
+            return None
+        app, scope, devices, methods = found
+        return Grant(app, scope, frozenset(devices), frozenset(methods) or DEFAULT_METHODS)
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         method = details.method
         if handler is None or not method.startswith((AUTH_SERVICE, ADMIN_SERVICE)):
             return handler  # health checks and reflection stay open
-        role = self._role(details.invocation_metadata)
+        grant = self._grant(details.invocation_metadata)
+        role = None if grant is None else "admin" if grant.admin else "app"
         if role is None or (method.startswith(ADMIN_SERVICE) and role != "admin"):
             why = "missing or unknown token" if role is None else "admin token required"
             return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, why)
         if handler.unary_unary is None:  # the stream checks each probe itself
-            return _with_role(handler, role)
+            return _with_role(handler, role, grant)
         inner = handler.unary_unary
         verifier = self.verifier if method.startswith(AUTH_SERVICE) else None
 
         def checked(request: Message, context: grpc.ServicerContext):
             if verifier is not None:
                 try:
-                    verifier.check(method, request)
+                    device, scope = verifier.check_device(method, request)
                 except ProofError as exc:
                     log.info("refused %s: %s", method, exc)
                     context.abort(grpc.StatusCode.UNAUTHENTICATED, f"device proof: {exc}")
+                try:
+                    CALLER.set(authorize(grant, device, scope, method.rsplit("/", 1)[-1]))
+                except AuthzError as exc:
+                    log.info("refused %s: %s", method, exc)
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             CALLER_ROLE.set(role)
             return inner(request, context)
 
@@ -118,11 +142,12 @@ def _refuse(handler, code: grpc.StatusCode, message: str):
     )
 
 
-def _with_role(handler, role: str):
+def _with_role(handler, role: str, grant: Grant):
     inner = handler.stream_stream
 
     def run(request_iterator, context: grpc.ServicerContext):
         CALLER_ROLE.set(role)
+        GRANT.set(grant)
         yield from inner(request_iterator, context)
 
     return grpc.stream_stream_rpc_method_handler(

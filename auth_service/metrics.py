@@ -31,6 +31,16 @@ class Metrics:
         self.refusals = Counter(
             "kfaar_refusals", "refused requests by reason", ["reason"], registry=self.registry
         )
+        # Online guessing (auth_service/ratelimit.py): misses charged, and calls refused
+        # because a budget was empty, by budget kind (device, token, subject, pair).
+        self.guess_failures = Counter(
+            "kfaar_guess_failures", "Verify and Identify calls that matched nobody",
+            ["method"], registry=self.registry,
+        )  # fmt: skip
+        self.guess_refusals = Counter(
+            "kfaar_guess_refusals", "calls refused because a guess budget was spent",
+            ["budget"], registry=self.registry,
+        )  # fmt: skip
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP."""

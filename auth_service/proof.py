@@ -65,11 +65,28 @@ class NonceCache:
             self._seen[key] = now_ms
 
 
+class StoredNonces:
+    """Spend nonces in the store: a replay is refused after a restart, and on any replica.
+
+    A nonce must be remembered as long as a request carrying it could still pass the
+    freshness check: its timestamp is within ``window_ms`` of the service clock, so at
+    most two windows after it was first seen.
+    """
+
+    def __init__(self, store, window_ms: int = DEFAULT_WINDOW_MS) -> None:
+        self.store, self.window_ms = store, window_ms
+
+    def check_and_add(self, device_id: str, nonce: bytes, now_ms: int) -> None:
+        """Record a nonce, or raise ProofError if it was already spent."""
+        if not self.store.spend_nonce(device_id, nonce, now_ms + 2 * self.window_ms, now_ms):
+            raise ProofError("replayed nonce")
+
+
 def verify(
     method: str,
     request: Message,
     verify_key: nacl.signing.VerifyKey,
-    nonces: NonceCache,
+    nonces: NonceCache | StoredNonces,
     now_ms: int | None = None,
 ) -> None:
     """Check the proof's shape, freshness, signature and nonce; raise ProofError if bad."""

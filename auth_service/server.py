@@ -14,11 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
 from auth_service.metrics import Metrics, MetricsInterceptor
-from auth_service.proof import DEFAULT_WINDOW_MS, NonceCache
-from auth_service.ratelimit import Backoff, BackoffPolicy
+from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
+from auth_service.ratelimit import GuessBudgets, GuessLimiter
 from auth_service.servicer import AdminServicer, AuthServicer, Policy
 from auth_service.store import SqliteStore, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
@@ -46,11 +47,11 @@ class ServerConfig:
     workers: int = 16
     metrics_port: int | None = None  # serve Prometheus metrics on this port (None: off)
     window_ms: int = DEFAULT_WINDOW_MS
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)  # per subject
-    # A door camera sees many people: it gets more free failures than one subject does.
-    device_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free_failures=50))
+    # Online guessing: Verify and Identify misses per device, token and subject.
+    guess: GuessBudgets = field(default_factory=GuessBudgets)
     index: IndexConfig = field(default_factory=IndexConfig)
     db_url: str | None = None  # postgresql://user@host:port/db (password: $PGPASSWORD)
+    idempotency_ttl_s: float = DEFAULT_TTL_S  # how long a write's reply answers its retries
 
 
 @dataclass
@@ -80,7 +81,8 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     """Start the server; port 0 binds a free port (see ``Running.port``)."""
     store = store or open_store(cfg)
     metrics = Metrics()
-    verifier = DeviceVerifier(store, NonceCache(cfg.window_ms))
+    # Nonces are spent in the store: a replay stays refused across restarts and replicas.
+    verifier = DeviceVerifier(store, StoredNonces(store, cfg.window_ms))
     admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers),
@@ -94,10 +96,10 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         store,
         cfg.policy,
         verifier,
-        Backoff(cfg.backoff),
-        Backoff(cfg.device_backoff),
+        GuessLimiter(store, cfg.guess),
         metrics,
         cfg.index,
+        idempotency_ttl_s=cfg.idempotency_ttl_s,
     )
     for space in cfg.policy.thresholds:  # load (and for big galleries, build) before serving
         auth.index(space)
@@ -126,6 +128,7 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on %s:%d (%s)", cfg.host, port, "TLS" if cfg.tls else "plaintext")
+    log.info("%s", cfg.policy.describe())
     return Running(server, port, store, health_servicer, metrics)
 
 
@@ -134,6 +137,7 @@ def serve_forever(cfg: ServerConfig, grace: float = 5.0) -> None:
     running = start(cfg)
     # The bound port on stdout (first line), for scripts that asked for port 0.
     sys.stdout.write(f"serving on {cfg.host}:{running.port}\n")
+    sys.stdout.write(f"{cfg.policy.describe()}\n")  # which operating point decides
     sys.stdout.flush()
     done = threading.Event()
 

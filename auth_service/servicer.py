@@ -3,97 +3,46 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 from google.protobuf.message import Message
 
+from auth_service.admin import AdminServicer  # noqa: F401  (server.py imports it from here)
+from auth_service.authz import (
+    CALLER,
+    DEFAULT_SCOPE,
+    GRANT,
+    AuthzError,
+    Caller,
+    authorize,
+    key_scope,
+    key_subject,
+    shown,
+    subject_key,
+)
+from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache
 from auth_service.index import IndexConfig, TemplateIndex
-from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, token_hash
+from auth_service.interceptor import CALLER_ROLE, DeviceVerifier
 from auth_service.metrics import Metrics
+from auth_service.policy import (  # noqa: F401  (Policy and RequestError are imported from here)
+    MAX_TEMPLATES,
+    SPACE_NAMES,
+    Policy,
+    RequestError,
+)
 from auth_service.proof import ProofError
-from auth_service.ratelimit import Backoff
-from auth_service.store import EMBED_DIM, TemplateStore
-from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from auth_service.ratelimit import Exhausted, GuessLimiter, Ticket
+from auth_service.store import Gallery, TemplateStore
+from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_TEMPLATES = 32
 MAX_TOP_K = 10
-SPACE_NAMES = {
-    common_pb2.EMBEDDING_SPACE_VIRTUAL: "VIRTUAL",
-    common_pb2.EMBEDDING_SPACE_RECOVERED: "RECOVERED",
-}
-
-
-class RequestError(Exception):
-    """A request the service refuses: carries the gRPC status code and a message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Policy:
-    """What the service accepts and how it decides."""
-
-    model: str  # "name/version" of the only model version accepted, e.g. "hpvfg/1.0.0"
-    thresholds: dict[int, float] = field(default_factory=dict)  # space -> cosine threshold
-
-    @classmethod
-    def from_bundle(cls, bundle, allow_recovered: bool = False) -> Policy:
-        """Accept the bundle's model version, at the thresholds its export calibrated."""
-        from edge_agent.recognizer import SAME_PERSON_THRESHOLD
-
-        m = bundle.manifest
-        thresholds = {
-            common_pb2.EMBEDDING_SPACE_VIRTUAL: m.get("virtual_threshold", SAME_PERSON_THRESHOLD)
-        }
-        if allow_recovered:
-            thresholds[common_pb2.EMBEDDING_SPACE_RECOVERED] = m["kvfa_threshold"]
-        return cls(f"hpvfg/{bundle.version}", thresholds)
-
-    def check(self, emb: common_pb2.Embedding) -> np.ndarray:
-        """Validate one embedding's tags and values; return it as a unit vector."""
-        model = f"{emb.model.name}/{emb.model.version}"
-        if emb.space not in self.thresholds:
-            allowed = ", ".join(SPACE_NAMES[s] for s in self.thresholds)
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"embedding space {emb.space} is not accepted here (accepted: {allowed})",
-            )
-        if model != self.model:
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"model version {model!r} does not match the service's {self.model!r}: "
-                "re-enroll or rekey with the current model",
-            )
-        v = np.asarray(emb.values, dtype=np.float32)
-        if v.shape != (EMBED_DIM,):
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"embedding has {v.size} values, need {EMBED_DIM}"
-            )
-        if not np.isfinite(v).all():
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "embedding has NaN or Inf values")
-        norm = float(np.linalg.norm(v))
-        if not 0.5 <= norm <= 2.0:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"embedding norm {norm:.3g}")
-        return v / norm
-
-    def batch(self, embs) -> tuple[np.ndarray, int]:
-        if not 1 <= len(embs) <= MAX_TEMPLATES:
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"send 1 to {MAX_TEMPLATES} templates"
-            )
-        vecs = np.stack([self.check(e) for e in embs])
-        if len({e.space for e in embs}) != 1:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "templates mix embedding spaces")
-        return vecs, embs[0].space
+# Templates one subject may hold in all, across Enrolls: more only slow its Verify down
+# (and widen what an impostor can match); Rekey replaces them instead.
+MAX_TEMPLATES_PER_SUBJECT = 32
 
 
 def _subject(subject_id: str) -> str:
@@ -108,59 +57,117 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         store: TemplateStore,
         policy: Policy,
         verifier: DeviceVerifier,
-        subject_backoff: Backoff,
-        device_backoff: Backoff,
+        guesses: GuessLimiter,
         metrics: Metrics,
         index_config: IndexConfig | None = None,
+        idempotency_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
-        self.backoff = {"subject": subject_backoff, "device": device_backoff}
-        # The 1:N indexes, one per embedding space, loaded from the store on first use and
-        # then updated in step with it. The lock keeps each store write and its index
+        self.replies = ReplyCache(store, idempotency_ttl_s)
+        self.guesses = guesses
+        # The 1:N indexes, one per embedding space and scope, loaded from the store on first
+        # use and then updated in step with it. The lock keeps each store write and its index
         # update together, so a concurrent load never sees one without the other.
         self.index_config = index_config or IndexConfig()
-        self._indexes: dict[int, TemplateIndex] = {}
-        self._write_lock = threading.Lock()
+        self._indexes: dict[tuple[int, str], TemplateIndex] = {}
+        self._write_lock = threading.RLock()
+        # Subjects written inside an idempotent write's transaction: their index update
+        # waits for the commit, so a rolled-back write never reaches the index.
+        self._deferred: set[str] | None = None
 
-    def index(self, space: int) -> TemplateIndex:
-        """Return the 1:N index of one embedding space, loading it on first use."""
+    def index(self, space: int, scope: str = DEFAULT_SCOPE) -> TemplateIndex:
+        """Return the 1:N index of one embedding space and scope, loading it on first use."""
         with self._write_lock:
-            if space not in self._indexes:
-                gallery = self.store.gallery(self.policy.model, space)
-                self._indexes[space] = TemplateIndex.from_gallery(gallery, self.index_config)
-            return self._indexes[space]
+            if (space, scope) not in self._indexes:
+                everyone = self.store.gallery(self.policy.model, space)
+                mine = [i for i, s in enumerate(everyone.subjects) if key_scope(s) == scope]
+                gallery = Gallery([everyone.subjects[i] for i in mine], everyone.vectors[mine])
+                index = TemplateIndex.from_gallery(gallery, self.index_config)
+                self._indexes[(space, scope)] = index
+            return self._indexes[(space, scope)]
 
     def _write(self, subject: str, write: Callable[[], int]) -> int:
         """Run a store write that touches ``subject`` and bring the loaded indexes in line."""
         with self._write_lock:
-            out = write()
-            tags, stored = self.store.subject_templates(subject)
-            for space, index in self._indexes.items():
-                index.remove(subject)
-                keep = [i for i, t in enumerate(tags) if t == (self.policy.model, space)]
-                if keep:
-                    index.add(subject, stored[keep])
-            return out
+            try:
+                return write()
+            finally:
+                if self._deferred is None:
+                    self._sync_index(subject)
+                else:
+                    self._deferred.add(subject)
+
+    def _sync_index(self, subject: str) -> None:
+        """Make the loaded indexes hold exactly the subject's stored templates."""
+        tags, stored = self.store.subject_templates(subject)
+        for (space, scope), index in self._indexes.items():
+            if scope != key_scope(subject):
+                continue
+            index.remove(subject)
+            keep = [i for i, t in enumerate(tags) if t == (self.policy.model, space)]
+            if keep:
+                index.add(subject, stored[keep])
+
+    def _write_once(self, name: str, fn, req: Message, reply_type: type) -> Message:
+        """Run an idempotent write and its cached reply in one transaction, then index it."""
+        with self._write_lock:
+            self._deferred = set()
+            try:
+                return self.replies.write_once(name, req, lambda: fn(req), reply_type)
+            finally:
+                touched, self._deferred = self._deferred, None
+                for subject in touched:
+                    self._sync_index(subject)
+
+    # -- who calls, on which subject, within which guess budget ------------------------
+    def _caller(self, req: Message) -> Caller:
+        """Return the authorized caller (in-process calls without the interceptor: default)."""
+        caller = CALLER.get()
+        if caller is None:
+            admin = CALLER_ROLE.get() == "admin"
+            caller = Caller("admin" if admin else "", req.proof.device_id, DEFAULT_SCOPE, admin)
+        return caller
+
+    def _take(self, caller: Caller, subject_key: str | None) -> Ticket:
+        """Check the guess budgets of one Verify or Identify, or refuse it (RESOURCE_EXHAUSTED)."""
+        try:
+            return self.guesses.take(caller.device, caller.app, subject_key)
+        except Exhausted as exc:
+            self.metrics.guess_refusals.labels(exc.kind).inc()
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
     # -- the decisions, shared by unary calls and the stream --------------------------
     def _enroll(self, req: auth_pb2.EnrollRequest) -> auth_pb2.EnrollReply:
+        caller = self._caller(req)
         subject = _subject(req.subject_id)
+        key = subject_key(caller.scope, subject)
         vecs, space = self.policy.batch(req.templates)
-        n = self._write(subject, lambda: self.store.enroll(subject, self.policy.model, space, vecs))
+
+        def write() -> int:
+            held = len(self.store.subject_templates(key)[0])
+            if held + len(vecs) > MAX_TEMPLATES_PER_SUBJECT:
+                raise RequestError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"subject {subject!r} holds {held} templates, at most "
+                    f"{MAX_TEMPLATES_PER_SUBJECT} in all: rekey to replace them",
+                )
+            n = self.store.enroll(key, self.policy.model, space, vecs)
+            self.store.audit(caller.device, "Enroll", shown(key), f"{n} stored")
+            return n
+
+        n = self._write(key, write)
         return auth_pb2.EnrollReply(subject_id=subject, templates_stored=n)
 
     def _verify(self, req: auth_pb2.VerifyRequest) -> auth_pb2.VerifyReply:
+        caller = self._caller(req)
         subject = _subject(req.subject_id)
+        key = subject_key(caller.scope, subject)
         probe = self.policy.check(req.probe)
-        keys = {"subject": subject, "device": req.proof.device_id}
-        wait = max(self.backoff[kind].retry_after(k) for kind, k in keys.items())
-        if wait > 0:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many failed verifications: retry in {wait:.0f} s",
-            )
-        tags, vecs = self.store.subject_templates(subject)
-        if not tags:
+        ticket = self._take(caller, key)
+        tags, vecs = self.store.subject_templates(key)
+        if not tags:  # a miss like any other (guessing ids costs too)
+            self.guesses.settle(ticket, matched=False)
+            self.metrics.guess_failures.labels("Verify").inc()
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
         usable = [i for i, t in enumerate(tags) if t == (self.policy.model, req.probe.space)]
         if not usable:
@@ -172,59 +179,70 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 "the subject with the current model",
             )
         score = float((vecs[usable] @ probe).max())
-        match = score >= self.policy.thresholds[req.probe.space]
-        for kind, k in keys.items():
-            self.backoff[kind].success(k) if match else self.backoff[kind].failure(k)
+        match = score >= self.policy.threshold(req.probe)
+        self.guesses.settle(ticket, match)
+        if not match:
+            self.metrics.guess_failures.labels("Verify").inc()
         decision = "accept" if match else "reject"
         self.metrics.decisions.labels(decision).inc()
-        self.store.audit(req.proof.device_id, "Verify", subject, decision)
-        reply = auth_pb2.VerifyReply(match=match)
+        self.store.audit(caller.device, "Verify", shown(key), decision)
+        reply = auth_pb2.VerifyReply(
+            match=match,
+            operating_point=self.policy.operating_point(req.probe.space, req.probe.fused_views > 1),
+        )
         if CALLER_ROLE.get() == "admin":
             reply.score = score
         return reply
 
     def _identify(self, req: auth_pb2.IdentifyRequest) -> auth_pb2.IdentifyReply:
+        caller = self._caller(req)
         probe = self.policy.check(req.probe)
         top_k = req.top_k or 1
         if not 1 <= top_k <= MAX_TOP_K:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1 to {MAX_TOP_K}")
-        thr = self.policy.thresholds[req.probe.space]
-        reply = auth_pb2.IdentifyReply()
-        for score, subject in self.index(req.probe.space).search(probe, thr, top_k):
-            c = reply.candidates.add(subject_id=subject)
+        ticket = self._take(caller, None)
+        thr = self.policy.threshold(req.probe)
+        point = self.policy.operating_point(req.probe.space, req.probe.fused_views > 1)
+        reply = auth_pb2.IdentifyReply(operating_point=point)
+        for score, key in self.index(req.probe.space, caller.scope).search(probe, thr, top_k):
+            c = reply.candidates.add(subject_id=key_subject(key))
             if CALLER_ROLE.get() == "admin":
                 c.score = score
+        self.guesses.settle(ticket, bool(reply.candidates))
+        if not reply.candidates:
+            self.metrics.guess_failures.labels("Identify").inc()
         outcome = f"{len(reply.candidates)} candidates"
-        self.store.audit(req.proof.device_id, "Identify", None, outcome)
+        self.store.audit(caller.device, "Identify", None, outcome)
         return reply
 
     def _revoke(self, req: auth_pb2.RevokeRequest) -> auth_pb2.RevokeReply:
-        subject = _subject(req.subject_id)
-        n = self._write(subject, lambda: self.store.revoke(subject))
+        caller = self._caller(req)
+        key = subject_key(caller.scope, _subject(req.subject_id))
+        n = self._write(key, lambda: self.store.revoke(key))
         if n == 0:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {req.subject_id!r}")
-        self.store.audit(req.proof.device_id, "Revoke", req.subject_id, f"{n} removed")
+        self.store.audit(caller.device, "Revoke", shown(key), f"{n} removed")
         return auth_pb2.RevokeReply(templates_removed=n)
 
     def _rekey(self, req: auth_pb2.RekeyRequest) -> auth_pb2.RekeyReply:
+        caller = self._caller(req)
         subject = _subject(req.subject_id)
+        key = subject_key(caller.scope, subject)
         vecs, space = self.policy.batch(req.templates)
-        if not self.store.subject_templates(subject)[0]:
+        if not self.store.subject_templates(key)[0]:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
-        n = self._write(
-            subject, lambda: self.store.replace(subject, self.policy.model, space, vecs)
-        )
-        self.store.audit(req.proof.device_id, "Rekey", subject, f"{n} stored")
+        n = self._write(key, lambda: self.store.replace(key, self.policy.model, space, vecs))
+        self.store.audit(caller.device, "Rekey", shown(key), f"{n} stored")
         return auth_pb2.RekeyReply(templates_stored=n)
 
     # -- gRPC entry points ------------------------------------------------------------
     def _run(self, name: str, fn, req: Message, reply_type: type, context: grpc.ServicerContext):
         try:
-            if getattr(req, "idempotency_key", ""):
-                raw = self.store.once(
-                    req.idempotency_key, name, lambda: fn(req).SerializeToString()
-                )
-                return reply_type.FromString(raw)
+            if not getattr(req, "idempotency_key", ""):
+                return fn(req)
+            if name in WRITES:
+                return self._write_once(name, fn, req, reply_type)
+            self.replies.check_read(req)  # reads are decided afresh, never from the cache
             return fn(req)
         except RequestError as exc:
             self.metrics.refusals.labels(exc.code.name).inc()
@@ -256,10 +274,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 req = getattr(probe, kind)
                 method = f"/kfaar.v1.AuthService/{kind.capitalize()}"
                 try:
-                    self.verifier.check(method, req)
+                    device, scope = self.verifier.check_device(method, req)
                 except ProofError as exc:
                     msg = f"device proof: {exc}"
                     raise RequestError(grpc.StatusCode.UNAUTHENTICATED, msg) from None
+                grant = GRANT.get()
+                try:
+                    caller = Caller("", device, scope)
+                    if grant is not None:
+                        caller = authorize(grant, device, scope, kind.capitalize())
+                except AuthzError as exc:
+                    raise RequestError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+                CALLER.set(caller)
                 if kind == "verify":
                     out.verify.CopyFrom(self._verify(req))
                 else:
@@ -267,37 +293,3 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             except RequestError as exc:
                 out.error_code, out.error_message = exc.code.value[0], str(exc)
             yield out
-
-
-class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: TemplateStore) -> None:
-        self.store = store
-
-    def RegisterDevice(self, request, context):
-        if not request.device_id or len(request.verify_key) != 32:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "need a device_id and a 32-byte Ed25519 key"
-            )
-        self.store.put_device(request.device_id, request.verify_key)
-        self.store.audit(None, "RegisterDevice", None, request.device_id)
-        return auth_pb2.RegisterDeviceReply()
-
-    def UnregisterDevice(self, request, context):
-        if not self.store.remove_device(request.device_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {request.device_id!r}")
-        self.store.audit(None, "UnregisterDevice", None, request.device_id)
-        return auth_pb2.UnregisterDeviceReply()
-
-    def CreateAppToken(self, request, context):
-        if not request.app_name:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "need an app_name")
-        token = secrets.token_urlsafe(32)
-        self.store.put_token(request.app_name, token_hash(token))
-        self.store.audit(None, "CreateAppToken", None, request.app_name)
-        return auth_pb2.CreateAppTokenReply(token=token)
-
-    def RevokeAppToken(self, request, context):
-        if not self.store.remove_token(request.app_name):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown app {request.app_name!r}")
-        self.store.audit(None, "RevokeAppToken", None, request.app_name)
-        return auth_pb2.RevokeAppTokenReply()

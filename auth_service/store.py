@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from auth_service.store_guard import SQLITE_MIGRATION, GuardStore
+
 EMBED_DIM = 128
 
 # Each entry upgrades the schema by one version; never edit a released entry.
@@ -52,11 +54,43 @@ MIGRATIONS = (
         outcome TEXT NOT NULL
     );
     """,
+    # 2: cached replies are bound to the device, the method and a hash of the request, and
+    # expire; rows of the unbound table cannot be checked, so they are dropped.
+    """
+    DROP TABLE replies;
+    CREATE TABLE replies (
+        device_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        method TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
+        reply BLOB NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (device_id, idempotency_key)
+    );
+    CREATE INDEX replies_created ON replies (created);
+    """,
+    # 3: device and token scopes, spent nonces and guess budgets (auth_service/store_guard.py).
+    SQLITE_MIGRATION,
 )
+
+# Expired cached replies are deleted at most this often (seconds), by the next write.
+PURGE_EVERY_S = 60.0
 
 
 class StoreError(Exception):
     """A stored value is missing or inconsistent."""
+
+
+class ReplyConflict(StoreError):
+    """An idempotency key already names another request of the same device."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"idempotency key already used for a different {method} request")
+        self.method = method
+
+
+class _RacedInsert(Exception):
+    """Another service process recorded the same key first; roll back and read its reply."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +120,7 @@ class TemplateStore(ABC):
     def gallery(self, model: str, space: int) -> Gallery: ...
 
     @abstractmethod
-    def put_device(self, device_id: str, verify_key: bytes) -> None: ...
+    def put_device(self, device_id: str, verify_key: bytes, scope: str = "default") -> None: ...
 
     @abstractmethod
     def device_key(self, device_id: str) -> bytes | None: ...
@@ -95,7 +129,14 @@ class TemplateStore(ABC):
     def remove_device(self, device_id: str) -> bool: ...
 
     @abstractmethod
-    def put_token(self, app_name: str, token_hash: bytes) -> None: ...
+    def put_token(
+        self,
+        app_name: str,
+        token_hash: bytes,
+        scope: str = "default",
+        devices: tuple[str, ...] = (),
+        methods: tuple[str, ...] = (),
+    ) -> None: ...
 
     @abstractmethod
     def token_app(self, token_hash: bytes) -> str | None: ...
@@ -104,7 +145,19 @@ class TemplateStore(ABC):
     def remove_token(self, app_name: str) -> bool: ...
 
     @abstractmethod
-    def once(self, key: str, method: str, compute: Callable[[], bytes]) -> bytes: ...
+    def once(
+        self,
+        device: str,
+        key: str,
+        method: str,
+        request_hash: bytes,
+        run: Callable[[], bytes],
+        ttl_s: float,
+        now: float | None = None,
+    ) -> bytes: ...
+
+    @abstractmethod
+    def reply_method(self, device: str, key: str, ttl_s: float) -> str | None: ...
 
     @abstractmethod
     def audit(
@@ -126,7 +179,7 @@ def _blob(vectors: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in v]
 
 
-class SqlStore(TemplateStore):
+class SqlStore(GuardStore, TemplateStore):
     """The SQL both backends share; they supply ``db``, ``lock``, ``_tx`` and migrations.
 
     Statements use ``?`` placeholders and only SQL that SQLite and PostgreSQL both accept
@@ -134,8 +187,8 @@ class SqlStore(TemplateStore):
     """
 
     db: Any  # a connection whose execute(sql, params) returns a cursor
-    lock: threading.Lock
-    _once: threading.Lock
+    lock: threading.RLock  # re-entrant: a write joins the transaction of ``once``
+    _purged_at = float("-inf")
 
     @abstractmethod
     def _tx(self, fn: Callable[[Any], object]) -> object:
@@ -193,12 +246,13 @@ class SqlStore(TemplateStore):
             ).fetchall()
         return Gallery([s for s, _ in rows], _vectors([v for _, v in rows]))
 
-    def put_device(self, device_id: str, verify_key: bytes) -> None:
+    def put_device(self, device_id: str, verify_key: bytes, scope: str = "default") -> None:
         self._tx(
             lambda db: db.execute(
-                "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE "
-                "SET verify_key = excluded.verify_key, created = excluded.created",
-                (device_id, verify_key, time.time()),
+                "INSERT INTO devices (device_id, verify_key, created, scope) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET verify_key = excluded.verify_key, "
+                "created = excluded.created, scope = excluded.scope",
+                (device_id, verify_key, time.time(), scope),
             )
         )
 
@@ -218,12 +272,23 @@ class SqlStore(TemplateStore):
             )
         )
 
-    def put_token(self, app_name: str, token_hash: bytes) -> None:
+    def put_token(
+        self,
+        app_name: str,
+        token_hash: bytes,
+        scope: str = "default",
+        devices: tuple[str, ...] = (),
+        methods: tuple[str, ...] = (),
+    ) -> None:
+        """Store a token's hash and grant: its scope, devices and methods (empty: defaults)."""
         sql = (
-            "INSERT INTO app_tokens VALUES (?, ?, ?) ON CONFLICT (app_name) DO UPDATE "
-            "SET token_hash = excluded.token_hash, created = excluded.created"
+            "INSERT INTO app_tokens (app_name, token_hash, created, scope, devices, methods) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_name) DO UPDATE SET "
+            "token_hash = excluded.token_hash, created = excluded.created, "
+            "scope = excluded.scope, devices = excluded.devices, methods = excluded.methods"
         )
-        self._tx(lambda db: db.execute(sql, (app_name, token_hash, time.time())))
+        row = (app_name, token_hash, time.time(), scope, "\n".join(devices), ",".join(methods))
+        self._tx(lambda db: db.execute(sql, row))
 
     def token_app(self, token_hash: bytes) -> str | None:
         with self.lock:
@@ -236,24 +301,67 @@ class SqlStore(TemplateStore):
         sql = "DELETE FROM app_tokens WHERE app_name = ?"
         return bool(self._tx(lambda db: db.execute(sql, (app_name,)).rowcount))
 
-    def once(self, key: str, method: str, compute: Callable[[], bytes]) -> bytes:
-        """Return the stored reply for ``key``, or compute, store and return it (exactly once)."""
-        with self._once:
-            with self.lock:
-                row = self.db.execute(
-                    "SELECT method, reply FROM replies WHERE idempotency_key = ?", (key,)
-                ).fetchone()
-            if row is not None:
-                if row[0] != method:
-                    raise StoreError(f"idempotency key reused for {row[0]}")
-                return bytes(row[1])
-            reply = compute()
-            self._tx(
-                lambda db: db.execute(
-                    "INSERT INTO replies VALUES (?, ?, ?, ?)", (key, method, reply, time.time())
+    def once(
+        self,
+        device: str,
+        key: str,
+        method: str,
+        request_hash: bytes,
+        run: Callable[[], bytes],
+        ttl_s: float,
+        now: float | None = None,
+    ) -> bytes:
+        """Return the reply cached for this device's key, or run the write and cache its reply.
+
+        The write ``run`` makes (through this store's methods, which join the transaction)
+        and its cached reply commit together or not at all: a crash cannot apply it twice.
+        A key that names another method or request raises ReplyConflict.
+        """
+        now = time.time() if now is None else now
+
+        def tx(db: Any) -> bytes:
+            if now - self._purged_at >= min(PURGE_EVERY_S, ttl_s):
+                db.execute("DELETE FROM replies WHERE created < ?", (now - ttl_s,))
+                self._purged_at = now
+            row = db.execute(
+                "SELECT method, request_hash, reply, created FROM replies "
+                "WHERE device_id = ? AND idempotency_key = ?",
+                (device, key),
+            ).fetchone()
+            if row is not None and row[3] >= now - ttl_s:
+                if row[0] != method or bytes(row[1]) != request_hash:
+                    raise ReplyConflict(row[0])
+                return bytes(row[2])
+            if row is not None:  # expired: the key is free again
+                db.execute(
+                    "DELETE FROM replies WHERE device_id = ? AND idempotency_key = ?", (device, key)
                 )
+            reply = run()
+            cur = db.execute(
+                "INSERT INTO replies VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, idempotency_key) DO NOTHING",
+                (device, key, method, request_hash, reply, now),
             )
+            if cur.rowcount != 1:
+                raise _RacedInsert
             return reply
+
+        for _ in range(3):
+            try:
+                return self._tx(tx)
+            except _RacedInsert:
+                continue
+        raise StoreError(f"idempotency key of {device!r} kept racing another writer")
+
+    def reply_method(self, device: str, key: str, ttl_s: float) -> str | None:
+        """Return the method whose reply is cached under this device's key, if any."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT method FROM replies WHERE device_id = ? AND idempotency_key = ? "
+                "AND created >= ?",
+                (device, key, time.time() - ttl_s),
+            ).fetchone()
+        return None if row is None else row[0]
 
     def audit(self, device_id: str | None, method: str, subject: str | None, outcome: str) -> None:
         self._tx(
@@ -286,8 +394,8 @@ class SqliteStore(SqlStore):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.lock = threading.Lock()
-        self._once = threading.Lock()  # serializes idempotent operations: check, run, record
+        self.lock = threading.RLock()
+        self._tx_depth = 0  # > 0 inside a transaction of the thread holding the lock
         self._migrate()
 
     def _migrate(self) -> None:
@@ -302,11 +410,16 @@ class SqliteStore(SqlStore):
 
     def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
         with self.lock:
+            if self._tx_depth:  # nested: join the enclosing transaction
+                return fn(self.db)
             self.db.execute("BEGIN IMMEDIATE")
+            self._tx_depth += 1
             try:
                 out = fn(self.db)
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+            finally:
+                self._tx_depth -= 1
             self.db.execute("COMMIT")
             return out

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from auth_service.store import SqlStore, StoreError
+from auth_service.store_guard import POSTGRES_MIGRATION
 
 # Each entry upgrades the schema by one version; never edit a released entry.
 MIGRATIONS = (
@@ -44,6 +45,22 @@ MIGRATIONS = (
         outcome TEXT NOT NULL
     );
     """,
+    # 2: cached replies bound to device, method and request hash (see store.py).
+    """
+    DROP TABLE replies;
+    CREATE TABLE replies (
+        device_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        method TEXT NOT NULL,
+        request_hash BYTEA NOT NULL,
+        reply BYTEA NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (device_id, idempotency_key)
+    );
+    CREATE INDEX replies_created ON replies (created);
+    """,
+    # 3: device and token scopes, spent nonces and guess budgets (see store_guard.py).
+    POSTGRES_MIGRATION,
 )
 
 
@@ -76,8 +93,7 @@ class PostgresStore(SqlStore):
             # The message names host and database, never the password.
             raise StoreError(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
         self.db = _Connection(conn)
-        self.lock = threading.Lock()
-        self._once = threading.Lock()
+        self.lock = threading.RLock()
         self._migrate()
 
     def _migrate(self) -> None:
@@ -98,5 +114,6 @@ class PostgresStore(SqlStore):
             return self.db.execute("SELECT version FROM schema_version").fetchone()[0]
 
     def _tx(self, fn: Callable[[Any], object]) -> object:
+        # Nested calls (a write inside ``once``) become savepoints of the enclosing one.
         with self.lock, self.db.conn.transaction():
             return fn(self.db)

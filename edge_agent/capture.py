@@ -61,11 +61,18 @@ class LatestFrameReader:
 
 
 def _folder(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES):
+    files = sorted(q for q in path.rglob("*") if q.is_file())
+    others = [q for q in files if q.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        names = ", ".join(q.name for q in others[:5]) + (" ..." if len(others) > 5 else "")
+        log.warning("%s: skipped: %d not images (%s)", path, len(others), names)
+    for p in files:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
         try:
             yield str(p.relative_to(path)), load_image(p)
         except ImageError as exc:
-            log.warning("skipping %s: %s", p, exc)
+            log.warning("skipping %s", exc)  # the message names the file and the fault
 
 
 def _video(capture: cv2.VideoCapture, name: str) -> Iterator[tuple[str, np.ndarray]]:

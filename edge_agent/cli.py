@@ -28,6 +28,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from edge_agent.demo import register as register_demo
     from edge_agent.edge_cli import register as register_edge
     from edge_agent.keys_cli import register as register_keys
+    from training.calibrate import register as register_calibrate
     from training.evaluation.cli import register as register_eval
     from training.federated.cli import register as register_fl
     from training.hpvfg.cli import register as register_hpvfg
@@ -35,6 +36,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
 
     return [
         register_anonymize,
+        register_calibrate,
         register_demo,
         register_edge,
         register_eval,

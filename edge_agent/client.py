@@ -2,14 +2,15 @@
 
 Every request is signed by the device key right before each attempt (a fresh nonce and
 timestamp per attempt) and carries an idempotency key, so a retry after a lost reply is
-applied once. Writes that cannot reach the service (enroll, rekey, revoke) wait in a
-bounded SQLite outbox and are delivered, exactly once, when the service is back.
+applied once. With an outbox, writes (enroll, rekey, revoke) are queued first and sent in
+order (edge_agent/outbox.py): a caller waits at most about one deadline, and what the
+service could not take yet is delivered later, exactly once, by the background delivery
+thread, the next write, or ``kfaar edge flush``.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -21,17 +22,18 @@ import nacl.signing
 from google.protobuf.message import Message
 
 from auth_service.proof import sign
-from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
+from edge_agent.outbox import (  # noqa: F401  (Outbox and OutboxFull are imported from here)
+    QUEUEABLE,
+    REFUSED_FOR_GOOD,
+    DeliveryThread,
+    Outbox,
+    OutboxFull,
+)
+from kfaar_pb.v1 import auth_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-QUEUEABLE = {"Enroll": auth_pb2.EnrollRequest, "Rekey": auth_pb2.RekeyRequest,
-             "Revoke": auth_pb2.RevokeRequest}  # fmt: skip
-
-
-class OutboxFull(RuntimeError):
-    """The outbox holds its maximum; the edge refuses new writes rather than lose old ones."""
 
 
 @dataclass
@@ -46,46 +48,6 @@ class ClientConfig:
     attempts: int = 4
     backoff_s: float = 0.2  # first retry delay; doubles up to backoff_max_s
     backoff_max_s: float = 5.0
-
-
-class Outbox:
-    """Requests waiting for the service, in order, in SQLite (survives restarts)."""
-
-    def __init__(self, path: Path | str, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, method TEXT NOT NULL, "
-            "request BLOB NOT NULL, created REAL NOT NULL, refused TEXT)"
-        )
-        self.lock = threading.Lock()
-
-    def put(self, method: str, request: Message) -> None:
-        with self.lock:
-            (n,) = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            if n >= self.capacity:
-                raise OutboxFull(f"outbox holds {n} requests; deliver them first")
-            self.db.execute(
-                "INSERT INTO outbox (method, request, created) VALUES (?, ?, ?)",
-                (method, request.SerializeToString(), time.time()),
-            )
-
-    def pending(self) -> list[tuple[int, str, Message]]:
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT id, method, request FROM outbox WHERE refused IS NULL ORDER BY id"
-            ).fetchall()
-        return [(i, m, QUEUEABLE[m].FromString(r)) for i, m, r in rows]
-
-    def remove(self, row_id: int) -> None:
-        with self.lock:
-            self.db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-
-    def refuse(self, row_id: int, reason: str) -> None:
-        """Keep a request the service refused for good, out of the queue, for an operator."""
-        with self.lock:
-            self.db.execute("UPDATE outbox SET refused = ? WHERE id = ?", (reason, row_id))
 
 
 def open_channel(
@@ -118,6 +80,9 @@ class AuthClient:
         self.channel = grpc.intercept_channel(self._channel(), *interceptors)
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {cfg.token}"),)
+        self._delivering = threading.Lock()  # one delivery pass at a time keeps the order
+        self._thread: DeliveryThread | None = None
+        self._closed = False
 
     def _channel(self) -> grpc.Channel:
         c = self.cfg
@@ -128,22 +93,25 @@ class AuthClient:
         ]
         return open_channel(c.target, c.ca, c.cert, c.key, options)
 
-    def call(self, method: str, request: Message) -> Message:
+    def call(
+        self, method: str, request: Message, attempts: int | None = None, wait_for_ready=True
+    ) -> Message:
         """Sign and send with a deadline; retry transient failures with exponential backoff."""
         if hasattr(request, "idempotency_key") and not request.idempotency_key:
             request.idempotency_key = uuid.uuid4().hex
         delay = self.cfg.backoff_s
-        for attempt in range(1, self.cfg.attempts + 1):
+        attempts = attempts or self.cfg.attempts
+        for attempt in range(1, attempts + 1):
             sign(f"/kfaar.v1.AuthService/{method}", request, self.cfg.device_id, self.key)
             try:
                 return getattr(self.stub, method)(
                     request,
                     metadata=self.metadata,
                     timeout=self.cfg.deadline_s,
-                    wait_for_ready=True,
+                    wait_for_ready=wait_for_ready,
                 )
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self.cfg.attempts:
+                if exc.code() not in RETRYABLE or attempt == attempts:
                     raise
                 log.info("%s: %s, retry %d in %.1f s", method, exc.code().name, attempt, delay)
                 time.sleep(delay)
@@ -165,34 +133,99 @@ class AuthClient:
         yield from self.stub.StreamAuthenticate(signed(), metadata=self.metadata)
 
     def send_or_queue(self, method: str, request: Message) -> Message | None:
-        """Send a write now, or queue it when the service is unreachable; None if queued."""
+        """Queue a write behind older ones and send the queue up to it; None if it waits.
+
+        Returns within about one deadline even while the service is down; a write the
+        service refuses for good raises its error and is not kept.
+        """
         if method not in QUEUEABLE or self.outbox is None:
             return self.call(method, request)
         request.idempotency_key = request.idempotency_key or uuid.uuid4().hex
+        budget = self.cfg.deadline_s
+        ours = self._delivering.acquire(timeout=budget)  # else the background pass has it
         try:
-            return self.call(method, request)
-        except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE:
-                raise
-            self.outbox.put(method, request)
-            log.warning("%s queued: the service is unreachable (%s)", method, exc.code().name)
-            return None
+            row = self.outbox.put(method, request)  # durable before the first attempt
+            # Fail fast: an unreachable service must not hold the caller for a deadline.
+            outcome = self._deliver_locked(row, budget, wait=False)[1].get(row) if ours else None
+        finally:
+            if ours:
+                self._delivering.release()
+        if isinstance(outcome, grpc.RpcError):
+            self.outbox.remove(row)  # the caller hears the refusal; nobody else needs it
+            raise outcome
+        if outcome is None:
+            log.warning("%s queued in the outbox: the service cannot take it now", method)
+            if self._thread is not None:
+                self._thread.wake.set()
+        return outcome
 
-    def deliver(self) -> int:
-        """Send queued writes in order; stop at the first that still cannot be delivered."""
-        sent = 0
-        for row_id, method, request in self.outbox.pending() if self.outbox else ():
+    def deliver(self, wait: bool = True) -> int:
+        """Send queued writes in order, one attempt each; stop at the first that must wait.
+
+        With ``wait``, an attempt waits (up to the deadline) for the service to be reachable.
+        """
+        if self.outbox is None:
+            return 0
+        with self._delivering:
+            return self._deliver_locked(wait=wait)[0]
+
+    def _deliver_locked(
+        self, up_to: int | None = None, budget_s: float | None = None, wait: bool = True
+    ) -> tuple[int, dict[int, Message | grpc.RpcError]]:
+        """Deliver in order (the caller holds the lock): (rows sent, outcome per row tried)."""
+        sent, outcomes, start = 0, {}, time.monotonic()
+        for row_id, method, request in self.outbox.pending(up_to):
+            if budget_s is not None and time.monotonic() - start > budget_s:
+                break
             try:
-                self.call(method, request)
+                outcomes[row_id] = self.call(method, request, attempts=1, wait_for_ready=wait)
             except grpc.RpcError as exc:
-                if exc.code() in RETRYABLE:
+                if exc.code() not in REFUSED_FOR_GOOD:
+                    log.info("outbox: %s waits (%s: %s)", method, exc.code().name, exc.details())
                     break
                 log.error("the service refused queued %s: %s", method, exc.details())
                 self.outbox.refuse(row_id, f"{exc.code().name}: {exc.details()}")
-                continue
-            self.outbox.remove(row_id)
-            sent += 1
-        return sent
+                outcomes[row_id] = exc
+            else:
+                self.outbox.remove(row_id)
+                sent += 1
+        return sent, outcomes
+
+    def queued(self) -> int:
+        """Return how many writes wait in the outbox."""
+        return self.outbox.counts()[0] if self.outbox else 0
+
+    def flush(self, timeout_s: float) -> tuple[int, int]:
+        """Deliver until the outbox is empty or ``timeout_s`` passed: (sent, still queued)."""
+        end, delay, sent = time.monotonic() + timeout_s, self.cfg.backoff_s, 0
+        while True:
+            n = self.deliver()
+            sent, left = sent + n, self.queued()
+            if left == 0 or time.monotonic() >= end:
+                return sent, left
+            delay = self.cfg.backoff_s if n else min(delay * 2, self.cfg.backoff_max_s)
+            time.sleep(min(delay, max(0.0, end - time.monotonic())))
+
+    def start_delivery(self) -> None:
+        """Deliver queued writes in a background thread until ``close``, starting now."""
+        if self.outbox is not None and self._thread is None:
+            c = self.cfg
+            # Each attempt waits (up to the deadline) for the channel to reconnect, so a
+            # service that is back is used as soon as the channel sees it.
+            self._thread = DeliveryThread(self.deliver, self.queued, c.backoff_s, c.backoff_max_s)
+            self._thread.start()
 
     def close(self) -> None:
-        self.channel.close()
+        """Stop background delivery (after one last quick pass) and close the channel."""
+        if self._thread is not None:
+            self._thread.stop(timeout=self.cfg.deadline_s + 1)
+            self._thread = None
+            budget = self.cfg.deadline_s
+            if self._delivering.acquire(timeout=budget):
+                try:
+                    self._deliver_locked(budget_s=budget, wait=False)
+                finally:
+                    self._delivering.release()
+        if not self._closed:
+            self._closed = True
+            self.channel.close()

@@ -7,6 +7,7 @@ unless --save-originals is given explicitly.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import socket
@@ -25,9 +26,10 @@ def _env_path(name: str) -> Path | None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "edge",
-        help="the edge agent: enroll, run, verify-original",
-        description="Detect, anonymize under the subject's key and send only virtual-face "
-        "embeddings, signed by this device, to the authentication service.",
+        help="the edge agent",  # the list of actions is filled in by _list_actions
+        description="Detect, anonymize under the subject's key and send only keyed templates "
+        "(never a face, its embedding or the key), signed by this device, to the "
+        "authentication service.",
     )
     p.add_argument("--server", default=os.environ.get("KFAAR_SERVER", "127.0.0.1:50051"),
                    help="service host:port ($KFAAR_SERVER)")  # fmt: skip
@@ -40,10 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path, default=_env_path("KFAAR_TLS_CLIENT_KEY"),
                    help="client private key for mTLS ($KFAAR_TLS_CLIENT_KEY)")  # fmt: skip
     p.add_argument("--outbox", type=Path, default=_env_path("KFAAR_OUTBOX"),
-                   help="queue for writes while the service is down ($KFAAR_OUTBOX)")  # fmt: skip
+                   help="durable queue that sends writes in order, exactly once "
+                   "($KFAAR_OUTBOX; default: next to the keystore)")  # fmt: skip
     p.add_argument("--keystore", type=Path, default=None, help=f"default: ${KEYSTORE_ENV}")
     p.add_argument("--device-secret", type=Path, default=None, help=f"or ${DEVICE_SECRET_ENV}")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--space", choices=("keyed", "virtual"),
+                   default=os.environ.get("KFAAR_SPACE", "keyed"),
+                   help="template space: keyed z'=P(z,k) (default, see docs/MODEL_CARD.md) or "
+                   "virtual R(G(x,k)); enroll and run must agree ($KFAAR_SPACE)")  # fmt: skip
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     e = actions.add_parser("enroll", help="enroll a subject from a few frames of a source")
@@ -72,6 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--claim", help="verify (1:1): the subject id the person claims to be")
     who.add_argument("--site", help="identify (1:N) among subjects enrolled under this site key")
     r.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    r.add_argument("--attempt-timeout", type=float, default=2.0,
+                   help="decide this many seconds after an attempt's first frame")  # fmt: skip
+    r.add_argument("--attempt-frames", type=float, default=3.0,
+                   help="decide early once the frames weigh this many good ones")  # fmt: skip
     r.add_argument("--save-frames", type=Path, default=None, help="write virtual frames here")
     r.add_argument("--save-originals", action="store_true",
                    help="also write the original frames (off by default)")  # fmt: skip
@@ -87,6 +98,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     from edge_agent.model_registry import add_update_parser
 
     add_update_parser(actions)
+    from edge_agent.outbox_cli import add_flush_parser
+
+    add_flush_parser(actions)
+    _list_actions(sub, "edge", "the edge agent", actions)
+
+
+def _list_actions(sub: argparse._SubParsersAction, name: str, what: str, actions) -> None:
+    """Make ``kfaar --help``'s line for ``name`` list every action, however many are added."""
+    for line in sub._choices_actions:  # argparse keeps each subcommand's help line here
+        if line.dest == name:
+            line.help = f"{what}: {', '.join(actions.choices)}"
 
 
 def _pipeline(args: argparse.Namespace):
@@ -97,7 +119,7 @@ def _pipeline(args: argparse.Namespace):
     # The version kfaar edge update verified and installed, else the packaged one.
     bundle = Bundle.load(installed_bundle())
     log.info("model hpvfg/%s from %s", bundle.version, bundle.path)
-    return EdgePipeline(HpvfgAnonymizer(bundle, precision=args.precision))
+    return EdgePipeline(HpvfgAnonymizer(bundle, precision=args.precision), space=args.space)
 
 
 def _keystore(args: argparse.Namespace):
@@ -114,7 +136,11 @@ def _client(args: argparse.Namespace, keys):
         raise ValueError("set $KFAAR_APP_TOKEN to this deployment's app token")
     cfg = ClientConfig(args.server, token, args.device_id, args.ca, args.cert, args.key)
     outbox = Outbox(args.outbox or default_keystore().with_name("outbox.db"))
-    return AuthClient(cfg, keys.signing_key(), outbox)
+    client = AuthClient(cfg, keys.signing_key(), outbox)
+    atexit.register(client.close)
+    if args.action == "run":  # a long run delivers queued writes while it authenticates
+        client.start_delivery()
+    return client
 
 
 def _write(client, method: str, req, prefix: str) -> int:
@@ -190,42 +216,50 @@ def _rekey(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import cv2
-
-    from edge_agent.progress import progress
+    from edge_agent.attempts import AttemptConfig, AttemptTracker
+    from edge_agent.live import Decision, run_attempts
     from kfaar_pb.v1 import auth_pb2
 
+    if args.attempt_timeout <= 0 or args.attempt_frames <= 0:
+        raise ValueError("--attempt-timeout and --attempt-frames must be positive")
     keys = _keystore(args)
     key = keys.key(args.claim or args.site)
     pipeline, client = _pipeline(args), _client(args, keys)
     if args.save_frames:
         args.save_frames.mkdir(parents=True, exist_ok=True)
-    accepted = rejected = 0
-    bar = progress(_faces(args.source, pipeline, key, args.max_frames), desc="frames")
-    for i, (label, frame, vf) in enumerate(bar):
-        probe = pipeline.message(vf.embedding)
+
+    def decide(template, views: int) -> Decision:
+        """One signed request for one attempt's fused probe."""
+        probe = pipeline.message(template, views)
         if args.claim:
             req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=probe)
-            match = client.call("Verify", req).match
-            decision = "ACCEPT" if match else "reject"
-        else:
-            found = client.call("Identify", auth_pb2.IdentifyRequest(probe=probe, top_k=1))
-            match = bool(found.candidates)
-            decision = found.candidates[0].subject_id if match else "unknown"
-        accepted, rejected = accepted + match, rejected + (not match)
-        bar.set_postfix(accept=accepted, reject=rejected)
-        sys.stdout.write(f"{label}\t{decision}\n")
-        if args.save_frames:
-            cv2.imwrite(str(args.save_frames / f"{i:05d}_virtual.jpg"), vf.image)
-            if args.save_originals:
-                cv2.imwrite(str(args.save_frames / f"{i:05d}_original.jpg"), frame)
-    sys.stdout.write(f"{accepted} accepted, {rejected} rejected\n")
+            reply = client.call("Verify", req)
+            text = "ACCEPT" if reply.match else "reject"
+            return Decision(reply.match, text, reply.operating_point)
+        found = client.call("Identify", auth_pb2.IdentifyRequest(probe=probe, top_k=1))
+        who = found.candidates[0].subject_id if found.candidates else "unknown"
+        return Decision(bool(found.candidates), who, found.operating_point)
+
+    cfg = AttemptConfig(enough_weight=args.attempt_frames, timeout_s=args.attempt_timeout)
+    tally = run_attempts(
+        args.source,
+        pipeline,
+        key,
+        decide,
+        sys.stdout.write,
+        AttemptTracker(cfg),
+        max_frames=args.max_frames,
+        save_frames=args.save_frames,
+        save_originals=args.save_originals,
+    )
+    sys.stdout.write(tally.summary())
     return 0
 
 
 def _verify_original(args: argparse.Namespace) -> int:
     from edge_agent.capture import frames
     from edge_agent.face.image_io import load_image
+    from edge_agent.progress import plural
 
     keys = _keystore(args)
     key, pipeline = keys.key(args.subject), _pipeline(args)
@@ -239,5 +273,6 @@ def _verify_original(args: argparse.Namespace) -> int:
             match = score >= anon.threshold
             found += match
             sys.stdout.write(f"{label}\t{'MATCH' if match else 'no match'}\t{score:.4f}\n")
-    sys.stdout.write(f"{found} match(es) at KVFA threshold {anon.threshold}\n")
+    matches = plural(found, "match", "matches")
+    sys.stdout.write(f"{matches} at KVFA threshold {anon.threshold:.4f}\n")
     return 0

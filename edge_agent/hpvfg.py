@@ -23,10 +23,12 @@ from edge_agent.face.detect import Face
 from edge_agent.keys import check_key, seeded_rng
 from edge_agent.onnx_runtime import create_session
 from edge_agent.recognizer import SAME_PERSON_THRESHOLD, SystemRecognizer
+from edge_agent.rotation import band_rotation
 
 log = logging.getLogger(__name__)
 
 ROTATION_PURPOSE = "kfaar-proj-rot1"
+FRAME_PURPOSE = "kfaar-tmpl-frm1"
 DEFAULT_BUNDLE = "models/hpvfg"
 PRECISIONS = ("fp32", "int8")
 
@@ -35,21 +37,19 @@ class BundleError(ValueError):
     """A model bundle is missing, incomplete or altered."""
 
 
-def band_rotation(bands: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Return a Haar-random block-diagonal rotation, one orthogonal block per band."""
-    size = sum(bands)
-    out = np.zeros((size, size), np.float32)
-    start = 0
-    for n in bands:
-        q, r = np.linalg.qr(rng.standard_normal((n, n)))
-        out[start : start + n, start : start + n] = q * np.sign(np.diag(r))
-        start += n
-    return out
-
-
 def key_rotation(key: bytes, bands: tuple[int, ...]) -> np.ndarray:
     """Return the projector's rotation for a subject key; any changed bit changes all of it."""
     return band_rotation(bands, seeded_rng(check_key(key), ROTATION_PURPOSE))
+
+
+def keyed_frame(key: bytes, dim: int = 128) -> np.ndarray:
+    """Return the KEYED template's frame: a Haar-random rotation of all ``dim`` dimensions.
+
+    P(z, k) keeps the mean component and each band's norm, a signature that links one
+    person's templates across keys (D_sys 0.35 on LFW dev); turned by this rotation, a
+    template under a fresh key is uniform on the sphere whatever z is (docs/MODEL_CARD.md).
+    """
+    return band_rotation((dim,), seeded_rng(check_key(key), FRAME_PURPOSE))
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,11 @@ class HpvfgAnonymizer(Anonymizer):
         feed = {"z": np.asarray(z, np.float32), "rotation": self.rotation(key)}
         return self._projector.run(None, feed)[0]
 
+    def keyed_template(self, z: np.ndarray, key: bytes) -> np.ndarray:
+        """Return KEYED templates (N, 128): P(z, k) in the key's own frame, unit length."""
+        zv = self.virtual_identity(z, key) @ keyed_frame(key, np.shape(z)[-1]).T
+        return zv / np.maximum(np.linalg.norm(zv, axis=-1, keepdims=True), 1e-12)
+
     def transform_chips(self, chips: np.ndarray, key: bytes) -> np.ndarray:
         """Return virtual faces for aligned BGR chips (N, 150, 150, 3) of one key."""
         return self.generate(chips, self.recognizer.embed_chips(chips), key)
@@ -134,7 +139,9 @@ class HpvfgAnonymizer(Anonymizer):
             "z": z,
             "z_virtual": self.virtual_identity(z, key),
         }
-        out = self._generator.run(None, feed)[0]  # (N, 3, 150, 150)
+        # HPVFG 2.0 re-renders from z' alone, and its graph declares no z input.
+        declared = {i.name for i in self._generator.get_inputs()}
+        out = self._generator.run(None, {k: v for k, v in feed.items() if k in declared})[0]
         return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
     def transform_chip(self, chip: np.ndarray, key: bytes | None) -> np.ndarray:

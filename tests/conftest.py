@@ -1,4 +1,4 @@
-"""Shared fixtures: the configurable data root, skipped when absent except under CI."""
+"""Shared fixtures: the shipped sample faces; the data root, skipped when absent except in CI."""
 
 from __future__ import annotations
 
@@ -19,6 +19,24 @@ def _require(path: Path, what: str) -> Path:
     if os.environ.get(REQUIRE_DATA_ENV):
         pytest.fail(f"{reason}; ${REQUIRE_DATA_ENV} is set, so missing data is a failure")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sample_faces() -> Path:
+    """Return the LFW sample faces the package ships (16 people, 24 photos, triplets.txt).
+
+    Face tests run on these, so that a clone without the data root still tests the face
+    pipeline; tests that need many identities use ``lfw_dir`` and the data root.
+    """
+    from edge_agent.assets import asset_path
+
+    return asset_path("sample_faces")
+
+
+@pytest.fixture(scope="session")
+def sample_photos(sample_faces: Path) -> list[Path]:
+    """Return every shipped sample photo, sorted by person and number."""
+    return sorted(sample_faces.glob("*/*.jpg"))
 
 
 @pytest.fixture(scope="session")

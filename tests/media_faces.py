@@ -1,4 +1,4 @@
-"""Real-face media for the anonymize tests: LFW people held out of training, short clips."""
+"""Real-face media for the anonymize tests: the shipped LFW sample faces, short clips."""
 
 from __future__ import annotations
 
@@ -7,8 +7,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Two photos each of dev-split people (no part in training), from lfw_dev_triplets.txt.
+# The sample people with two photos (edge_agent/assets/sample_faces, LFW dev identities:
+# no part in training); ``photo`` takes that folder (the ``sample_faces`` fixture).
 PEOPLE = {
+    "Alan_Greenspan": ("Alan_Greenspan_0001.jpg", "Alan_Greenspan_0005.jpg"),
+    "Benazir_Bhutto": ("Benazir_Bhutto_0002.jpg", "Benazir_Bhutto_0004.jpg"),
+    "Eliane_Karp": ("Eliane_Karp_0003.jpg", "Eliane_Karp_0004.jpg"),
+    "Gary_Carter": ("Gary_Carter_0001.jpg", "Gary_Carter_0002.jpg"),
+    "Hugh_Grant": ("Hugh_Grant_0005.jpg", "Hugh_Grant_0008.jpg"),
+    "Kathryn_Bigelow": ("Kathryn_Bigelow_0001.jpg", "Kathryn_Bigelow_0002.jpg"),
+    "Lynne_Cheney": ("Lynne_Cheney_0001.jpg", "Lynne_Cheney_0002.jpg"),
+    "Russell_Simmons": ("Russell_Simmons_0001.jpg", "Russell_Simmons_0002.jpg"),
+}
+
+# Two photos each of more LFW dev people, for the tests that need the data root's LFW.
+LFW_PEOPLE = {
     "Al_Davis": ("Al_Davis_0001.jpg", "Al_Davis_0002.jpg"),
     "Benazir_Bhutto": ("Benazir_Bhutto_0001.jpg", "Benazir_Bhutto_0004.jpg"),
     "Christine_Gregoire": ("Christine_Gregoire_0001.jpg", "Christine_Gregoire_0004.jpg"),
@@ -22,8 +35,10 @@ PEOPLE = {
 }
 
 
-def photo(lfw: Path, name: str, which: int) -> Path:
-    return lfw / name / PEOPLE[name][which]
+def photo(root: Path, name: str, which: int) -> Path:
+    """Return photo ``which`` (0 or 1) of ``name`` under ``root`` (sample faces or LFW)."""
+    people = PEOPLE if root.name == "sample_faces" else LFW_PEOPLE
+    return root / name / people[name][which]
 
 
 def make_clip(face: Path, out: Path, frames: int = 16, fps: float = 12.0) -> list[np.ndarray]:

@@ -15,8 +15,8 @@ from training.evaluation.baselines import ScrambleAnonymizer, make_anonymizer
 
 
 @pytest.fixture(scope="module")
-def portrait(lfw_dir: Path):
-    image = load_image(sorted(lfw_dir.glob("*/*_0001.jpg"))[100])
+def portrait(sample_photos: list[Path]):
+    image = load_image(sample_photos[0])
     return image, FaceDetector().primary(image)
 
 

@@ -36,7 +36,7 @@ def test_demo_runs_end_to_end_and_sends_no_key_and_no_image(tmp_path: Path) -> N
     tap = WireTap()
     summary = run_demo(tmp_path / "out", interceptors=(tap,), keys=keys)
 
-    assert summary["enrolled"] == 8 and summary["attempts"] == 16
+    assert summary["enrolled"] == 8 and summary["attempts"] == 17
     counts = [
         summary[k]
         for k in ("genuine_accepts", "genuine_rejects", "impostor_accepts", "impostor_rejects")
@@ -44,9 +44,16 @@ def test_demo_runs_end_to_end_and_sends_no_key_and_no_image(tmp_path: Path) -> N
     assert sum(counts) == 16 and counts[0] + counts[1] == 8
     assert not any("error" in d for d in summary["decisions"])
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
-    assert len(list((tmp_path / "out" / "frames").glob("*.jpg"))) == 16
+    assert len(list((tmp_path / "out" / "frames").glob("*.jpg"))) == 17
 
-    assert len(tap.sent) == 8 + 16  # enrollments, then one probe per frame
+    # Issue 12's bar for the default space and operating point: 90% in, nobody else.
+    assert summary["space"] == "KEYED" and summary["operating_point"].endswith("KEYED FAR 1e-3")
+    assert summary["genuine_accept_rate"] >= 0.9 and summary["impostor_accepts"] == 0
+    reasons = {d["kind"]: d["reason"] for d in summary["decisions"] if not d["accepted"]}
+    assert reasons["quality check"].startswith("rejected: face too poor: too blurred")
+    assert reasons["impostor"].startswith("rejected: below threshold by 0.")
+
+    assert len(tap.sent) == 8 + 16  # enrollments, then one fused probe per attempt
     secrets = [keys.key(e.name) for e in keys.entries()]
     assert len(secrets) == 8
     for payload in tap.sent:
@@ -54,3 +61,14 @@ def test_demo_runs_end_to_end_and_sends_no_key_and_no_image(tmp_path: Path) -> N
         for key in secrets:
             for form in (key, key.hex().encode(), base64.b64encode(key)):
                 assert form not in payload
+    # KEYED sends z' = P(z, k): the original embedding z itself never travels.
+    from edge_agent.assets import asset_path
+    from edge_agent.face.detect import FaceDetector
+    from edge_agent.face.image_io import load_image
+    from edge_agent.recognizer import SystemRecognizer
+
+    detector, recognizer = FaceDetector(), SystemRecognizer(threads=1)
+    for photo in asset_path("sample_faces").glob("*/*.jpg"):
+        image = load_image(photo)
+        z = recognizer.embed(image, detector.primary(image).landmarks).astype("<f4")
+        assert not any(z[:3].tobytes() in payload for payload in tap.sent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -153,3 +154,76 @@ def test_the_edge_runs_the_version_it_installed(edge, capsys, tmp_path: Path) ->
     assert main(["edge", "enroll", "--subject", "s-new", "--source", sample]) == 2
     assert "'hpvfg/1.0.1' does not match the service's 'hpvfg/1.0.0'" in capsys.readouterr().err
     assert not running.store.subject_templates("s-new")[0]
+
+
+def test_run_sends_one_signed_request_per_attempt_of_fused_frames(edge, capsys, tmp_path) -> None:
+    from edge_agent.face.image_io import load_image
+
+    running, _ = edge
+    first, second = sorted((asset_path("sample_faces") / "Alan_Greenspan").glob("*.jpg"))
+    assert main(["edge", "enroll", "--subject", "s-alan", "--source", str(first)]) == 0
+    image = load_image(second)
+    cam, poor = tmp_path / "cam", tmp_path / "poor"
+    cam.mkdir(), poor.mkdir()
+    cv2.imwrite(str(cam / "f0.png"), image)
+    cv2.imwrite(str(cam / "f1.png"), cv2.GaussianBlur(image, (0, 0), 4))
+    cv2.imwrite(str(cam / "f2.png"), cv2.convertScaleAbs(image, alpha=0.9, beta=10))
+    cv2.imwrite(str(poor / "p0.png"), cv2.GaussianBlur(image, (0, 0), 4))
+
+    def verifies() -> int:
+        return sum(row[2] == "Verify" for row in running.store.audit_log())
+
+    capsys.readouterr()
+    assert main(["edge", "run", "--source", str(cam), "--claim", "s-alan"]) == 0
+    out = capsys.readouterr().out
+    assert "f1.png\tdropped: too blurred" in out
+    assert "f0.png..f2.png (2 used, 1 dropped; end of source)\tACCEPT" in out
+    assert "1 attempts: 1 accepted" in out and "hpvfg/1.0.0 KEYED fused FAR 1e-3" in out
+    assert verifies() == 1  # two usable frames, one signed decision request, decided as fused
+
+    args = ["edge", "run", "--source", str(cam), "--claim", "s-alan", "--attempt-frames", "0.1"]
+    assert main(args) == 0  # each usable frame is enough on its own: two attempts
+    assert "2 attempts: 2 accepted" in capsys.readouterr().out and verifies() == 3
+
+    assert main(["edge", "run", "--source", str(poor), "--claim", "s-alan"]) == 0
+    out = capsys.readouterr().out
+    assert "rejected: face too poor: too blurred in 1 of 1 frames" in out
+    assert "1 face too poor" in out and verifies() == 3  # nothing sent for it
+
+
+def _restart(running, tmp: Path):
+    """Stop the service and return a function that starts it again on the same port and DB."""
+    running.stop(0)
+    policy = Policy.from_bundle(Bundle.load())
+    return lambda: start(ServerConfig(tmp / "db", policy, port=running.port, admin_token=ADMIN))
+
+
+def test_writes_queued_while_down_are_flushed_or_sent_by_run(edge, capsys) -> None:
+    running, tmp = edge
+    first, second = sorted((asset_path("sample_faces") / "Hugh_Grant").glob("*.jpg"))
+    assert main(["edge", "enroll", "--subject", "s-up", "--source", str(first)]) == 0
+    start_again = _restart(running, tmp)
+    for subject in ("s-q1", "s-q2"):
+        assert main(["edge", "enroll", "--subject", subject, "--source", str(first)]) == 0
+    assert capsys.readouterr().out.count("queued in the outbox") == 2
+    assert main(["edge", "flush", "--timeout", "1"]) == 1  # still down: both kept
+    assert "0 queued writes delivered, 2 still queued" in capsys.readouterr().out
+    back = start_again()
+    try:
+        # kfaar edge run delivers the queue in the background while it authenticates.
+        assert main(["edge", "run", "--source", str(second), "--claim", "s-up"]) == 0
+        deadline = time.monotonic() + 20  # the channel reconnects within its back-off
+
+        def delivered() -> bool:
+            return all(
+                back.store.subject_templates(s)[1].shape == (1, 128) for s in ("s-q1", "s-q2")
+            )
+
+        while not delivered() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert delivered()
+        capsys.readouterr()
+        assert main(["edge", "flush"]) == 0
+        assert "0 queued writes delivered, 0 still queued" in capsys.readouterr().out
+    finally:
+        back.stop(0)

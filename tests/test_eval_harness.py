@@ -1,8 +1,11 @@
-"""The real evaluation harness on real LFW triplets: baselines are told apart, nulls are null."""
+"""The real evaluation harness on the shipped LFW sample triplets: baselines are told apart,
+nulls are null, the default evaluates the shipped model.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,13 +41,16 @@ KVFA = ("kvfa_crr", "kvfa_far", "kvfa_auc", "wrong_key_accept")
 
 
 @pytest.fixture(scope="module")
-def dev_eval(lfw_dir: Path, splits_dir: Path):
-    """Return a function that runs ``kfaar eval`` on the LFW dev triplets and reads the JSON."""
+def dev_eval(sample_faces: Path):
+    """Return a function that runs ``kfaar eval`` on the 8 sample triplets and reads the JSON.
+
+    Their people are LFW dev identities (no part in training), one person per triplet.
+    """
 
     def run(out: Path, *args: str) -> dict:
-        triplets = splits_dir / "lfw_dev_triplets.txt"
-        argv = ["eval", "--root", str(lfw_dir), "--triplets", str(triplets), "--out", str(out)]
-        assert main([*argv, *args]) == 0
+        triplets = sample_faces / "triplets.txt"
+        argv = ["eval", "--root", str(sample_faces), "--triplets", str(triplets)]
+        assert main([*argv, "--out", str(out), *args]) == 0
         return json.loads(out.read_text())
 
     return run
@@ -58,9 +64,7 @@ def run_eval(dev_eval, tmp_path_factory: pytest.TempPathFactory):
     def run(anonymizer: str) -> dict:
         if anonymizer not in results:
             out = out_dir / f"{anonymizer.replace(':', '_')}.json"
-            results[anonymizer] = dev_eval(
-                out, "--limit", "12", "--anonymizer", anonymizer, "--seed", "11"
-            )
+            results[anonymizer] = dev_eval(out, "--anonymizer", anonymizer, "--seed", "11")
         return results[anonymizer]
 
     return run
@@ -69,7 +73,7 @@ def run_eval(dev_eval, tmp_path_factory: pytest.TempPathFactory):
 def test_identity_is_not_anonymous_and_keeps_the_pose(run_eval) -> None:
     r = run_eval("identity")
     assert set(r) >= DESIGN_KEYS
-    assert r["n_triplets"] == 12 and r["judge"] == "dlib"
+    assert r["n_triplets"] == 8 and r["judge"] == "dlib"
     assert r["judge_auc_original"] > 0.95
     assert r["anonymity"] < 0.1
     assert r["detection_rate"] == 1.0
@@ -106,18 +110,49 @@ def test_keyed_scramble_recovers_with_the_key_only(run_eval) -> None:
     assert r["anonymity"] > 0.9
 
 
-def test_report_files_are_written(dev_eval, tmp_path: Path) -> None:
+def test_default_evaluates_the_shipped_model_and_writes_the_report(tmp_path: Path, capsys) -> None:
     out = tmp_path / "r.json"
-    dev_eval(out, "--limit", "3", "--workers", "1")
+    assert main(["eval", "--limit", "3", "--workers", "1", "--seed", "5", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["anonymizer"].startswith("hpvfg-") and r["n_triplets"] == 3  # not "identity"
     for suffix in (".md", "_grid.png", "_roc.png"):
         assert Path(f"{out.with_suffix('')}{suffix}").stat().st_size > 1000
-    assert "| anonymity |" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "| metric | measured | paper (LFW) | target |" in md  # the samples are LFW
+    assert f"| anonymity | {r['anonymity']:.4f} | 0.9620 |" in md
+    printed = capsys.readouterr().out.splitlines()
+    # Rounded on the terminal too: "  anonymity        0.9583", not 0.958333...
+    assert any(re.fullmatch(r"  anonymity +(\d\.\d{4}|n/a)", line) for line in printed), printed
 
 
 def test_any_arcface_style_onnx_model_can_judge(dev_eval, tmp_path: Path) -> None:
     from training.recognizer.export import export_arcface_style
 
     model = export_arcface_style(tmp_path / "arcface_style.onnx")
-    r = dev_eval(tmp_path / "onnx.json", "--limit", "8", "--judge", f"onnx:{model}")
+    r = dev_eval(tmp_path / "onnx.json", "--judge", f"onnx:{model}", "--anonymizer", "identity")
     assert r["judge"] == "onnx:arcface_style.onnx"
     assert r["judge_auc_original"] > 0.95 and r["anonymity"] < 0.2
+
+
+def test_report_shows_the_paper_column_of_its_dataset_only(tmp_path: Path) -> None:
+    import numpy as np
+
+    from training.evaluation.report import guess_dataset, write_report
+
+    results = {"anonymizer": "blur:10", "judge": "dlib", "n_triplets": 1,
+               "threshold": 0.512345, "judge_metric": "cosine", "judge_auc_original": 0.99,
+               "anonymity": 0.123456}  # fmt: skip
+    scores = {"anonymity": (np.array([0.9, 0.8]), np.array([0.1, 0.2]))}
+    grid = np.zeros((24, 24, 3), np.uint8)
+    for dataset, header, paper in [
+        ("lfw", "| metric | measured | paper (LFW) | target |", "| 0.1235 | 0.9620 |"),
+        ("celeba", "| metric | measured | paper (CelebA) | target |", "| 0.1235 | 0.9220 |"),
+        (None, "| metric | measured | target |", "| anonymity | 0.1235 | >= 0.99 |"),
+    ]:
+        out = tmp_path / f"{dataset}.json"
+        md = write_report(out, results, grid, [], scores, "kfaar eval", dataset=dataset).read_text()
+        assert header in md and paper in md and "threshold on the original pairs: 0.5123 " in md
+        assert ("paper (" in md) == (dataset is not None)
+    assert guess_dataset(Path("/data/lfw")) == "lfw"
+    assert guess_dataset(tmp_path / "celeba_align") == "celeba"
+    assert guess_dataset(Path("/data/att_faces")) is None

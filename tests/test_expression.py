@@ -15,24 +15,15 @@ H5 = data_root().parent / "models" / "fer2013_mini_XCEPTION.102-0.66.hdf5"
 FACE_BOX = (60, 60, 130, 130)  # LFW 250x250 images are roughly centred on the face
 
 
-def _faces(lfw: Path, n: int) -> list[np.ndarray]:
-    """Return the first image of n people spread evenly over the sorted LFW identities."""
-    people = sorted(p for p in lfw.iterdir() if p.is_dir())
-    step = max(len(people) // n, 1)
-    images = [cv2.imread(str(min(p.glob("*.jpg")))) for p in people[::step][:n]]
-    if len(images) < n or any(im is None for im in images):
-        pytest.skip(f"need {n} readable LFW images under {lfw}")
-    return images
-
-
 @pytest.fixture(scope="module")
 def clf() -> ExpressionClassifier:
     return ExpressionClassifier()
 
 
 @pytest.fixture(scope="module")
-def faces(lfw_dir: Path) -> list[np.ndarray]:
-    return _faces(lfw_dir, 20)
+def faces(sample_photos: list[Path]) -> list[np.ndarray]:
+    """Return 20 of the shipped LFW photos (250x250, roughly centred on the face)."""
+    return [cv2.imread(str(p)) for p in sample_photos[:20]]
 
 
 def test_onnx_matches_torch_port_of_keras_weights(clf, faces):

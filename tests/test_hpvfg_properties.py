@@ -1,10 +1,12 @@
 """The paper's equations as properties of the shipped ONNX models, on held-out real faces.
 
-Faces come from the dev triplets, whose identities took no part in training; keys are
+Faces come from the 8 triplets shipped with the sample faces, taken from the LFW dev
+triplets (no person in two triplets), whose identities took no part in training; keys are
 fixed so the run is repeatable. "Same person" is the system recognizer's operating rule
 (cosine >= SAME_PERSON_THRESHOLD); KVFA decisions use the bundle's calibrated threshold.
-The bounds are what the shipped models meet on these faces, with some slack; several are
-below the project's goals, and docs/MODEL_CARD.md reports the full dev set against them.
+The bounds are what the shipped models met on the first 24 dev triplets, with some slack
+(these 8 do better); several are below the project's goals, and docs/MODEL_CARD.md reports
+the full dev set against them.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from edge_agent.keys import flip_bits
 from edge_agent.recognizer import SAME_PERSON_THRESHOLD as SAME
 from training.datasets import read_triplets
 from training.evaluation.metrics import auc
-
-N_TRIPLETS = 24
 
 
 @dataclass
@@ -83,9 +83,9 @@ def _measure(anon: HpvfgAnonymizer, root: Path, triplets: list) -> Faces:
 
 
 @pytest.fixture(scope="module", params=["fp32", "int8"])
-def faces(request, lfw_dir: Path, splits_dir: Path) -> Faces:
-    triplets, _ = read_triplets(splits_dir / "lfw_dev_triplets.txt", limit=N_TRIPLETS)
-    return _measure(HpvfgAnonymizer(precision=request.param), lfw_dir, triplets)
+def faces(request, sample_faces: Path) -> Faces:
+    triplets, _ = read_triplets(sample_faces / "triplets.txt")
+    return _measure(HpvfgAnonymizer(precision=request.param), sample_faces, triplets)
 
 
 def test_anonymity_the_virtual_face_is_someone_else(faces: Faces) -> None:
@@ -95,11 +95,12 @@ def test_anonymity_the_virtual_face_is_someone_else(faces: Faces) -> None:
 
 def test_synchronism_one_key_one_virtual_person(faces: Faces) -> None:
     genuine, impostor = _cos(faces.v11, faces.v21), _cos(faces.v11, faces.vy)
-    assert auc(genuine, impostor) >= 0.8  # goal 0.99; measured 0.85 (fp32) and 0.95 (int8)
+    assert auc(genuine, impostor) >= 0.8  # goal 0.99; 24 dev: 0.85, 0.95; these: 1.0, 1.0
 
 
 def test_diversity_another_key_another_virtual_person(faces: Faces) -> None:
-    assert (_cos(faces.v11, faces.v12) < SAME).mean() >= 0.6  # goal 0.95; measured 0.71, 0.88
+    # Goal 0.95; on 24 dev triplets 0.71 (fp32) and 0.88 (int8); here 0.88 for both.
+    assert (_cos(faces.v11, faces.v12) < SAME).mean() >= 0.6
 
 
 def test_differentiation_two_people_stay_two_under_one_key(faces: Faces) -> None:
@@ -108,7 +109,7 @@ def test_differentiation_two_people_stay_two_under_one_key(faces: Faces) -> None
 
 def test_kvfa_recovers_the_original_identity_with_the_key(faces: Faces) -> None:
     recovered, impostor = _cos(faces.r11, faces.x1), _cos(faces.r11, faces.y)
-    assert auc(recovered, impostor) >= 0.8  # measured 0.90 and 0.86: KVFA is the weak part
+    assert auc(recovered, impostor) >= 0.8  # 24 dev: 0.90, 0.86; these: 0.97: KVFA is weak
     assert recovered.mean() > impostor.mean() + 0.03
 
 
@@ -116,7 +117,7 @@ def test_kvfa_matches_across_keys(faces: Faces) -> None:
     """I(G(x1,k1),k1) ~ I(G(x2,k2),k2): one person, two keys, one recovered identity."""
     cross = _cos(faces.r11, faces.r22)
     other = _cos(faces.r11, faces.y)
-    assert auc(cross, other) >= 0.8  # measured 0.89 and 0.90
+    assert auc(cross, other) >= 0.8  # 24 dev: 0.89, 0.90; these: 0.97, 0.92
 
 
 @pytest.mark.parametrize("bits", [1, 3, 5, 16])

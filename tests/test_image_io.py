@@ -11,16 +11,18 @@ import pytest
 from edge_agent.face.image_io import MAX_PIXELS, ImageError, as_bgr, decode_image, load_image
 
 
-def test_reads_lfw_jpeg_as_bgr(lfw_dir: Path) -> None:
-    path = next(lfw_dir.glob("*/*.jpg"))
+def test_reads_lfw_jpeg_as_bgr(sample_photos: list[Path]) -> None:
+    path = sample_photos[0]
     image = load_image(path)
     assert image.shape == (250, 250, 3)
     assert image.dtype == np.uint8
     np.testing.assert_array_equal(image, cv2.imread(str(path)))
 
 
-def test_grayscale_pgm_becomes_three_channels(att_dir: Path) -> None:
-    image = load_image(att_dir / "s1" / "1.pgm")
+def test_grayscale_pgm_becomes_three_channels(sample_photos: list[Path], tmp_path: Path) -> None:
+    gray = cv2.resize(cv2.imread(str(sample_photos[0]), cv2.IMREAD_GRAYSCALE), (92, 112))
+    cv2.imwrite(str(tmp_path / "1.pgm"), gray)  # the AT&T faces' format and size
+    image = load_image(tmp_path / "1.pgm")
     assert image.shape == (112, 92, 3)
     assert (image[..., 0] == image[..., 2]).all()
 
@@ -46,7 +48,7 @@ def test_sixteen_bit_png_keeps_high_byte(tmp_path: Path) -> None:
     [
         (b"", "empty file"),
         (b"this is a text file, not a picture\n", "not a readable image"),
-        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "not a readable image"),  # truncated JPEG header
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "corrupt JPEG"),  # truncated JPEG header
     ],
 )
 def test_bad_files_raise_clear_errors(tmp_path: Path, content: bytes, message: str) -> None:
@@ -56,12 +58,68 @@ def test_bad_files_raise_clear_errors(tmp_path: Path, content: bytes, message: s
         load_image(path)
 
 
-def test_corrupt_real_jpeg_is_refused(lfw_dir: Path, tmp_path: Path) -> None:
-    data = bytearray(next(lfw_dir.glob("*/*.jpg")).read_bytes())
+def _damage(data: bytes, how: str) -> bytes:
+    if how == "headers only":
+        return data[:200]
+    if how == "truncated":
+        return data[: len(data) * 2 // 3]
+    if how == "cut scan, end marker kept":  # libjpeg: "premature end of data segment"
+        return data[: len(data) // 2] + b"\xff\xd9"
+    middle = len(data) // 2  # overwritten scan data: the same warning
+    return data[:middle] + bytes(range(50)) + data[middle + 50 :]
+
+
+@pytest.mark.parametrize(
+    "how", ["headers only", "truncated", "cut scan, end marker kept", "overwritten scan"]
+)
+def test_corrupt_real_jpeg_is_refused_without_decoder_noise(
+    sample_photos: list[Path], tmp_path: Path, capfd, how: str
+) -> None:
+    # OpenCV decodes most of these into a half-grey picture and libjpeg prints its warning
+    # straight to the process's stderr; both must be gone.
     broken = tmp_path / "broken.jpg"
-    broken.write_bytes(bytes(data[:200]))  # headers survive, the image data does not
-    with pytest.raises(ImageError):
+    broken.write_bytes(_damage(sample_photos[0].read_bytes(), how))
+    with pytest.raises(ImageError, match=r"broken\.jpg: corrupt JPEG \(.+\)"):
         load_image(broken)
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("where", ["truncated", "bad checksum"])
+def test_corrupt_png_is_refused_without_decoder_noise(
+    sample_photos: list[Path], tmp_path: Path, capfd, where: str
+) -> None:
+    data = bytearray(cv2.imencode(".png", load_image(sample_photos[0]))[1].tobytes())
+    if where == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    (tmp_path / "broken.png").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="corrupt PNG"):
+        load_image(tmp_path / "broken.png")
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("variant", ["grayscale", "progressive"])
+def test_jpeg_variants_decode_as_opencv_does(
+    sample_photos: list[Path], tmp_path: Path, variant: str
+) -> None:
+    image = cv2.imread(str(sample_photos[0]))
+    if variant == "grayscale":
+        _, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    else:
+        _, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    (tmp_path / "v.jpg").write_bytes(data.tobytes())
+    ours = load_image(tmp_path / "v.jpg")
+    assert ours.shape == (250, 250, 3)
+    np.testing.assert_array_equal(ours, cv2.imread(str(tmp_path / "v.jpg")))
+
+
+def test_jpeg_bomb_is_refused_from_its_header(sample_photos: list[Path]) -> None:
+    data = bytearray(sample_photos[0].read_bytes())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[sof + 5 : sof + 9] = b"\xfd\xe8\xfd\xe8"  # 65000 x 65000
+    with pytest.raises(ImageError, match="exceeds"):
+        decode_image(bytes(data), "bomb.jpg")
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
-"""FIDO-style back-off: free failures, then doubling lock-outs, reset by a success."""
+"""Guess budgets: leaky buckets in the store, refilled by time, never reset by one success."""
 
 from __future__ import annotations
 
-from auth_service.ratelimit import Backoff, BackoffPolicy
+import pytest
+
+from auth_service.ratelimit import Budget, Exhausted, GuessBudgets, GuessLimiter
+from auth_service.store import SqliteStore
 
 
 class Clock:
@@ -13,20 +16,89 @@ class Clock:
         return self.t
 
 
-def test_backoff_doubles_after_the_free_failures_and_resets() -> None:
-    clock = Clock()
-    b = Backoff(BackoffPolicy(free_failures=3, base_s=30, max_s=100), clock)
-    for _ in range(3):
-        b.failure("subject:s-1")
-        assert b.retry_after("subject:s-1") == 0
-    delays = []
-    for _ in range(4):
-        b.failure("subject:s-1")
-        delays.append(b.retry_after("subject:s-1"))
-    assert delays == [30, 60, 100, 100]  # doubling, capped
-    clock.t += 100
-    assert b.retry_after("subject:s-1") == 0
-    assert b.retry_after("device:d-1") == 0  # keys are independent
-    b.success("subject:s-1")
-    b.failure("subject:s-1")
-    assert b.retry_after("subject:s-1") == 0
+@pytest.fixture
+def limiter():
+    store = SqliteStore(":memory:")
+    budgets = GuessBudgets(
+        device=Budget(10, 3600), token=Budget(100, 3600), subject=Budget(6, 360), pair=Budget(3, 60)
+    )
+    yield GuessLimiter(store, budgets, Clock())
+    store.close()
+
+
+def misses(limiter: GuessLimiter, subject: str | None, device: str = "d-1", n: int = 100) -> int:
+    """Try ``n`` misses; return how many were let through before a budget ran dry."""
+    for i in range(n):
+        try:
+            limiter.settle(limiter.take(device, "app", subject), matched=False)
+        except Exhausted:
+            return i
+    return n
+
+
+def test_a_pair_budget_refills_at_its_rate(limiter: GuessLimiter) -> None:
+    assert misses(limiter, "s-1") == 3
+    with pytest.raises(Exhausted) as exc:
+        limiter.take("d-1", "app", "s-1")
+    assert exc.value.kind == "pair" and exc.value.wait_s == pytest.approx(60)
+    limiter.clock.t += 60  # one unit back per minute
+    assert misses(limiter, "s-1") == 1
+    assert misses(limiter, "s-2") == 3  # other subjects have their own pair budget
+
+
+def test_successes_give_back_only_their_own_unit(limiter: GuessLimiter) -> None:
+    tried = 0
+    for _ in range(20):  # 3 misses, then 1 match, over and over
+        try:
+            for _ in range(3):
+                limiter.settle(limiter.take("d-1", "app", None), matched=False)
+                tried += 1
+            limiter.settle(limiter.take("d-1", "app", None), matched=True)
+        except Exhausted as exc:
+            assert exc.kind == "device"
+            break
+    assert tried == 10  # the device budget, however many matches came in between
+
+
+def test_a_refused_call_takes_nothing(limiter: GuessLimiter) -> None:
+    assert misses(limiter, "s-1") == 3
+    for _ in range(50):
+        with pytest.raises(Exhausted):
+            limiter.take("d-1", "app", "s-1")
+    assert misses(limiter, None) == 7  # the 50 refusals did not drain the device budget
+
+
+def test_a_device_that_matched_is_exempt_from_the_subject_wide_budget(
+    limiter: GuessLimiter,
+) -> None:
+    limiter.settle(limiter.take("owner", "app", "alice"), matched=True)
+    assert misses(limiter, "alice", "cam-1") == 3
+    assert misses(limiter, "alice", "cam-2") == 3  # 6: alice's subject-wide budget is spent
+    assert misses(limiter, "alice", "cam-3") == 0
+    assert misses(limiter, "alice", "owner") == 3  # only its own pair budget applies
+
+
+def test_calls_in_flight_together_are_charged_and_delay_the_next(limiter: GuessLimiter) -> None:
+    tickets = [limiter.take("d-1", "app", "s-1") for _ in range(8)]  # all pass the check
+    for t in tickets:
+        limiter.settle(t, matched=False)  # 8 misses against a pair burst of 3
+    with pytest.raises(Exhausted) as exc:
+        limiter.take("d-1", "app", "s-1")
+    assert exc.value.wait_s == pytest.approx(6 * 60)  # the overshoot is paid back in time
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", GuessBudgets()),
+        ("device=80/720, pair=3/10", GuessBudgets(device=Budget(80, 720), pair=Budget(3, 10))),
+    ],
+)
+def test_budgets_parse(text: str, expected: GuessBudgets) -> None:
+    assert GuessBudgets.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["devices=5/5", "device=5", "device=0/10", "pair=3/0"])
+def test_bad_budgets_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        GuessBudgets.parse(text)

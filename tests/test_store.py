@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auth_service.store import MIGRATIONS, SqliteStore, SqlStore, StoreError
+from auth_service.store import MIGRATIONS, ReplyConflict, SqliteStore, SqlStore, StoreError
 
 VIRTUAL, RECOVERED = 1, 2
 
@@ -100,11 +100,28 @@ def test_idempotent_operations_run_once(store: SqlStore) -> None:
         store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
         return b"reply-1"
 
-    assert store.once("k-1", "Enroll", enroll) == b"reply-1"
-    assert store.once("k-1", "Enroll", enroll) == b"reply-1"
+    claim = {"device": "cam", "key": "k-1", "method": "Enroll", "request_hash": b"h" * 32}
+    assert store.once(**claim, run=enroll, ttl_s=60) == b"reply-1"
+    assert store.once(**claim, run=enroll, ttl_s=60) == b"reply-1"
     assert len(calls) == 1 and store.subject_templates("s-a")[1].shape == (1, 128)
-    with pytest.raises(StoreError, match="reused"):
-        store.once("k-1", "Verify", enroll)
+    assert store.reply_method("cam", "k-1", ttl_s=60) == "Enroll"
+    assert store.reply_method("other-cam", "k-1", ttl_s=60) is None  # keys are per device
+    with pytest.raises(ReplyConflict, match="Enroll"):
+        store.once(**{**claim, "method": "Rekey"}, run=enroll, ttl_s=60)
+    with pytest.raises(ReplyConflict):
+        store.once(**{**claim, "request_hash": b"x" * 32}, run=enroll, ttl_s=60)
+
+
+def test_a_write_and_its_reply_commit_together(store: SqlStore) -> None:
+    def crash_after_the_write() -> bytes:
+        store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
+        raise RuntimeError("killed before the reply was recorded")
+
+    claim = {"device": "cam", "key": "k-1", "method": "Enroll", "request_hash": b"h" * 32}
+    with pytest.raises(RuntimeError):
+        store.once(**claim, run=crash_after_the_write, ttl_s=60)
+    assert store.subject_templates("s-a")[1].shape == (0, 128)  # the write rolled back too
+    assert store.reply_method("cam", "k-1", ttl_s=60) is None
 
 
 def test_devices_and_audit(store: SqlStore) -> None:
@@ -114,3 +131,33 @@ def test_devices_and_audit(store: SqlStore) -> None:
     store.audit("door-1", "Verify", "s-a", "reject")
     (row,) = store.audit_log()
     assert row[1:] == ("door-1", "Verify", "s-a", "reject")
+
+
+def test_two_replicas_racing_on_one_key_apply_the_write_once(postgres_url: str) -> None:
+    import threading
+
+    from auth_service.store_postgres import PostgresStore
+
+    replicas = [PostgresStore(postgres_url), PostgresStore(postgres_url)]
+    both_inside = threading.Barrier(2, timeout=10)
+    claim = {"device": "cam", "key": "k-1", "method": "Enroll", "request_hash": b"h" * 32}
+    replies = []
+
+    def serve(store: SqlStore, n: int) -> None:
+        def enroll() -> bytes:
+            store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
+            if not both_inside.broken:  # both replicas run the write, uncommitted, at once
+                both_inside.wait()
+            return b"reply-%d" % n
+
+        replies.append(store.once(**claim, run=enroll, ttl_s=60))
+
+    threads = [threading.Thread(target=serve, args=(s, i)) for i, s in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(replies) == 2 and replies[0] == replies[1]  # the loser gets the winner's reply
+    assert replicas[0].subject_templates("s-a")[1].shape == (1, 128)
+    for s in replicas:
+        s.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_ROOT_ENV = "KFAAR_DATA_ROOT"
+MODELS_ROOT_ENV = "KFAAR_MODELS_ROOT"
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -14,6 +15,15 @@ def data_root() -> Path:
     """Return the data root: ``$KFAAR_DATA_ROOT``, else ``../shared/data`` beside the checkout."""
     env = os.environ.get(DATA_ROOT_ENV)
     return Path(env).expanduser() if env else _REPO.parent / "shared" / "data"
+
+
+def models_root() -> Path:
+    """Return the evaluation models folder (judges/, forensics/): ``$KFAAR_MODELS_ROOT``.
+
+    The default is ``../shared/models`` beside the checkout; these weights are not shipped.
+    """
+    env = os.environ.get(MODELS_ROOT_ENV)
+    return Path(env).expanduser() if env else _REPO.parent / "shared" / "models"
 
 
 @dataclass(frozen=True)

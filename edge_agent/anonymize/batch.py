@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_agent.anonymize import IMAGE_OUTPUT_QUALITY, VIDEO_SUFFIXES
 from edge_agent.anonymize.engine import Engine, FaceOut, blur_frame
-from edge_agent.anonymize.video import VideoAnonymizer
+from edge_agent.anonymize.video import CorruptVideoError, VideoAnonymizer
 from edge_agent.capture import IMAGE_SUFFIXES
 from edge_agent.face.image_io import load_image
 from edge_agent.progress import progress
@@ -47,6 +47,7 @@ class FileResult:
     faces: int = 0
     error: str = ""
     flicker: dict | None = None
+    bad_input: bool | None = None  # True: the file itself is corrupt or unreadable
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
@@ -54,6 +55,13 @@ class FileResult:
 
 def is_media(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def not_media(source: Path) -> list[Path]:
+    """Return the files of a folder that ``plan`` leaves out: not images or videos."""
+    if not Path(source).is_dir():
+        return []
+    return sorted(p for p in Path(source).rglob("*") if p.is_file() and not is_media(p))
 
 
 def plan(source: Path, output: Path) -> list[tuple[Path, Path]]:
@@ -121,7 +129,9 @@ class Runner:
         with ThreadPoolExecutor(self.options.workers) as pool:
             loaded = _prefetch(pool, images, self._load, 2 * self.options.workers)
             batch: list = []
-            for item in progress(loaded, total=len(images), desc="images", unit="img"):
+            if images:  # no empty bars
+                loaded = progress(loaded, total=len(images), desc="images", unit="img")
+            for item in loaded:
                 batch.append(item)
                 faces = sum(len(f) for *_, f in batch if f)
                 if faces >= self.engine.batch or len(batch) >= self.engine.batch:
@@ -130,7 +140,7 @@ class Runner:
             video = VideoAnonymizer(
                 self.engine, pool, self.options.fallback, self.options.hold, self.options.smooth
             )
-            for src, dst in progress(videos, desc="videos", unit="video"):
+            for src, dst in progress(videos, desc="videos", unit="video") if videos else ():
                 self.results.append(self._video(video, src, dst))
         order = {str(src): i for i, (src, _) in enumerate(pairs)}
         self.results.sort(key=lambda r: order.get(r.source, len(order)))
@@ -149,7 +159,8 @@ class Runner:
         for (src, dst), image, found in batch:
             faces, suspects = self.engine.split(found or [])
             if isinstance(image, Exception):
-                self._fail(src, f"unreadable: {image}")
+                why = str(image).removeprefix(f"{src}: ")  # the table names the file already
+                self._fail(src, f"unreadable: {why}", bad_input=True)
             elif faces:
                 ready.append(((src, dst), image, faces, suspects))
             elif self.options.fallback == "skip":
@@ -224,9 +235,10 @@ class Runner:
                 raise
             return FileResult(str(src), str(dst), "ok", len(res.faces), flicker=flicker)
         except Exception as exc:  # decoder, codec or model failure: this file only
-            log.error("%s: %s", src, exc)
+            log.info("%s: %s", src, exc)  # the caller reports it; logged for -v
             self._cleanup(dst)
-            return FileResult(str(src), None, "failed", error=str(exc))
+            bad = True if isinstance(exc, CorruptVideoError) else None
+            return FileResult(str(src), None, "failed", error=str(exc), bad_input=bad)
         finally:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
@@ -244,11 +256,13 @@ class Runner:
         except OSError:  # the folder itself is unusable: nothing could have been written
             pass
 
-    def _fail(self, src: Path, error: str, dst: Path | None = None) -> None:
-        log.error("%s: %s", src, error)
+    def _fail(
+        self, src: Path, error: str, dst: Path | None = None, bad_input: bool | None = None
+    ) -> None:
+        log.info("%s: %s", src, error)  # the caller reports it; logged for -v
         if dst is not None:
             self._cleanup(dst)
-        self.results.append(FileResult(str(src), None, "failed", error=error))
+        self.results.append(FileResult(str(src), None, "failed", error=error, bad_input=bad_input))
 
 
 def _prefetch(pool: Executor, items, fn, depth: int) -> Iterator:

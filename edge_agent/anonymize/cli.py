@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "anonymize",
         help="replace every face of images, folders or videos by its virtual face",
         description="Writes each output under the same relative path and name, with a JSON "
-        "sidecar (face boxes, model version, key fingerprint; never the key). Exit code 0 "
-        "when every file succeeded, 1 when some failed, 2 for bad usage.",
+        "sidecar (face boxes, model version, key fingerprint; never the key). Files in a "
+        "folder that are not images or videos are counted and left alone. Exit code 0 when "
+        "every file succeeded; 1 when some failed (no face, output not writable); 2 for bad "
+        "usage, or when an input is corrupt or unreadable (the other files are still done).",
     )
     a.add_argument("input", type=Path, help="an image, a video, or a folder (recursive)")
     a.add_argument("-o", "--output", type=Path, required=True,
@@ -65,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "search-footage",
         help="with the key, find a person in anonymized images and videos (KVFA)",
         description="Recovers I(v, k) for every face and compares it with the reference "
-        "photo's embedding. Lists files, frames, boxes and scores; writes no images.",
+        "photo's embedding. Lists files, frames, boxes and scores; writes no images. Exit "
+        "code 0 when every file was searched, 2 for bad usage or a corrupt or unreadable "
+        "input (the other files are still searched).",
     )
     s.add_argument("inputs", type=Path, nargs="+", help="anonymized images, videos or folders")
     s.add_argument("--reference", type=Path, required=True, help="a photo of the person")
@@ -107,13 +111,15 @@ def _single_key(args: argparse.Namespace) -> bytes | None:
 
 
 def _anonymize(args: argparse.Namespace) -> int:
-    from edge_agent.anonymize.batch import Options, Runner, plan, write_atomic
+    from edge_agent.anonymize.batch import Options, Runner, not_media, plan, write_atomic
     from edge_agent.anonymize.engine import REPLACE_SCORE, Engine, KeyChooser, load_key_map
     from edge_agent.face.detect import DetectorConfig, FaceDetector
     from edge_agent.hpvfg import HpvfgAnonymizer
+    from edge_agent.progress import plural
 
     _check(args)
     pairs = plan(args.input, args.output)  # bad paths fail before any model loads
+    ignored = not_media(args.input)
     default = _single_key(args)
     anon = HpvfgAnonymizer(precision=args.precision, threads=args.threads)
     if not 0 < args.suspect_score <= REPLACE_SCORE:
@@ -142,12 +148,21 @@ def _anonymize(args: argparse.Namespace) -> int:
         if r.flicker:
             f = r.flicker
             extra = f"flicker {f['virtual_chip_mad']} (original {f['original_chip_mad']})"
-        w(f"{r.status}\t{r.source}\t{r.faces} faces\t{extra}\n")
+        w(f"{r.status}\t{r.source}\t{plural(r.faces, 'face')}\t{extra}\n")
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
     w(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped\n")
+    if ignored:
+        names = ", ".join(str(p.relative_to(args.input)) for p in ignored[:5])
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        w(f"skipped: {plural(len(ignored), 'file')} not images or videos ({names}{more})\n")
     if args.summary:
         doc = {**meta, "counts": counts, "files": [r.to_json() for r in results]}
+        doc["not_media"] = [str(p) for p in ignored]
         write_atomic(args.summary, (json.dumps(doc, indent=1) + "\n").encode())
+    bad = [r for r in results if r.bad_input]
+    if bad:
+        sys.stderr.write(f"kfaar anonymize: {plural(len(bad), 'input')} corrupt or unreadable\n")
+        return 2
     return 1 if counts["failed"] else 0
 
 
@@ -157,6 +172,7 @@ def _search(args: argparse.Namespace) -> int:
     from edge_agent.face.detect import FaceDetector
     from edge_agent.hpvfg import HpvfgAnonymizer
     from edge_agent.keys import fingerprint
+    from edge_agent.progress import plural
 
     _check(args)
     files = media_files(args.inputs)
@@ -176,10 +192,11 @@ def _search(args: argparse.Namespace) -> int:
         box = ",".join(f"{v:.0f}" for v in h.box)
         w(f"| {'MATCH' if h.score >= threshold else 'top'} | {h.file} | {frame} | {box} "
           f"| {h.score:.4f} |\n")  # fmt: skip
-    w(f"{len(matches)} match(es) among {len(hits)} faces in {len(files)} files "
-      f"at threshold {threshold:.4f}\n")  # fmt: skip
-    for path, err in errors:
-        sys.stderr.write(f"kfaar search-footage: {path}: {err}\n")
+    w(f"{plural(len(matches), 'match', 'matches')} among {plural(len(hits), 'face')} in "
+      f"{plural(len(files), 'file')} at threshold {threshold:.4f}\n")  # fmt: skip
+    for path, err in errors:  # image errors already start with the file's name
+        message = err if err.startswith(path) else f"{path}: {err}"
+        sys.stderr.write(f"kfaar search-footage: {message}\n")
     if args.json:
         doc = {
             "model": {"name": "hpvfg", "version": anon.bundle.version},
@@ -191,4 +208,4 @@ def _search(args: argparse.Namespace) -> int:
             "errors": [{"file": p, "error": e} for p, e in errors],
         }
         write_atomic(args.json, (json.dumps(doc, indent=1) + "\n").encode())
-    return 1 if errors else 0
+    return 2 if errors else 0

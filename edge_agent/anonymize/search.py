@@ -152,7 +152,7 @@ class FootageSearch:
                         batch = []
                 hits += self._score(path, batch)
             except (OSError, ValueError) as exc:
-                log.error("%s: %s", path, exc)
+                log.info("%s: %s", path, exc)  # returned to the caller, which reports it
                 errors.append((str(path), str(exc)))
         return hits, errors
 

@@ -33,6 +33,10 @@ class VideoError(ValueError):
     """A video cannot be read (unreadable, empty, truncated) or written."""
 
 
+class CorruptVideoError(VideoError):
+    """The input video itself is bad: it cannot be opened, has no frames, or is cut off."""
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Return the intersection over union of two (x, y, w, h) boxes."""
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
@@ -134,7 +138,7 @@ class VideoAnonymizer:
         """Anonymize ``src`` into ``tmp`` (the caller renames it); raise VideoError."""
         cap = cv2.VideoCapture(str(src))
         if not cap.isOpened():
-            raise VideoError("cannot open as a video (corrupt, truncated or unsupported)")
+            raise CorruptVideoError("cannot open as a video (corrupt, truncated or unsupported)")
         try:
             return self._run(cap, tmp, fourcc)
         finally:
@@ -173,10 +177,10 @@ class VideoAnonymizer:
             if writer is not None:
                 writer.release()
         if n == 0:
-            raise VideoError("no readable frames")
+            raise CorruptVideoError("no readable frames")
         # Containers state their length; reading far fewer frames means a cut-off file.
         if declared > 0 and n < declared * 0.99 - 1:
-            raise VideoError(f"truncated: read {n} of {declared} frames")
+            raise CorruptVideoError(f"truncated: read {n} of {declared} frames")
         if not tmp.is_file() or os.path.getsize(tmp) == 0:
             raise VideoError("the video writer produced no file")
         mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731

@@ -1,11 +1,20 @@
-"""Read images from disk or bytes into the pipeline's format: uint8 BGR, H x W x 3."""
+"""Read images from disk or bytes into the pipeline's format: uint8 BGR, H x W x 3.
+
+JPEGs are decoded by libjpeg-turbo through simplejpeg in strict mode and PNGs have their
+chunk checksums verified first: OpenCV's decoders print libjpeg/libpng warnings straight
+to stderr (no logging setting silences them) and may return a half-decoded picture, so a
+corrupt file becomes one clear ImageError instead of noise and a "no face found".
+"""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 # Frames larger than this are refused rather than decoded (decompression bombs).
 MAX_PIXELS = 64_000_000
@@ -34,12 +43,56 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG colour spaces simplejpeg converts itself; others (CMYK, YCCK) go to OpenCV.
+_JPEG_SPACES = {"Gray": "GRAY", "YCbCr": "BGR", "RGB": "BGR"}
+
+
+def _decode_jpeg(data: bytes, name: str) -> np.ndarray | None:
+    """Decode a JPEG strictly: any libjpeg warning (corrupt data) is an ImageError."""
+    try:
+        height, width, space, _ = simplejpeg.decode_jpeg_header(data)
+        if height * width > MAX_PIXELS:  # refused before any pixel is decoded
+            raise ImageError(f"{name}: image of {width}x{height} exceeds {MAX_PIXELS} pixels")
+        if space not in _JPEG_SPACES:
+            return None
+        return simplejpeg.decode_jpeg(data, colorspace=_JPEG_SPACES[space], strict=True)
+    except ImageError:
+        raise
+    except ValueError as exc:  # libjpeg-turbo's reason, without its function name
+        raise ImageError(f"{name}: corrupt JPEG ({str(exc).split('(): ')[-1]})") from None
+
+
+def _check_png(data: bytes, name: str) -> None:
+    """Walk the PNG chunks and verify their CRCs, up to IEND."""
+    pos = len(PNG_MAGIC)
+    while True:
+        if pos + 12 > len(data):
+            raise ImageError(f"{name}: corrupt PNG (truncated)")
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ImageError(f"{name}: corrupt PNG (truncated {kind.decode('latin-1')} chunk)")
+        (crc,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[pos + 4 : end]) != crc:
+            raise ImageError(f"{name}: corrupt PNG (bad checksum in {kind.decode('latin-1')})")
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, PGM, ...) to uint8 BGR."""
     if not data:
         raise ImageError(f"{name}: empty file")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    image = None
+    if data.startswith(JPEG_MAGIC):
+        image = _decode_jpeg(data, name)
+    elif data.startswith(PNG_MAGIC):
+        _check_png(data, name)
+    if image is None:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
     if image.dtype == np.uint16:  # 16-bit PNG/TIFF: keep the high byte

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kfaar_pb.v1 import common_pb2 as kfaar__pb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kfaar_pb/v1/auth.proto\x12\x08kfaar.v1\x1a\x18kfaar_pb/v1/common.proto\"X\n\x0b\x44\x65viceProof\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x8a\x01\n\rEnrollRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12&\n\ttemplates\x18\x03 \x03(\x0b\x32\x13.kfaar.v1.Embedding\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\";\n\x0b\x45nrollReply\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x18\n\x10templates_stored\x18\x02 \x01(\x05\"\x86\x01\n\rVerifyRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\"\n\x05probe\x18\x03 \x01(\x0b\x32\x13.kfaar.v1.Embedding\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\":\n\x0bVerifyReply\x12\r\n\x05match\x18\x01 \x01(\x08\x12\x12\n\x05score\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"\x83\x01\n\x0fIdentifyRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\"\n\x05probe\x18\x02 \x01(\x0b\x32\x13.kfaar.v1.Embedding\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"=\n\tCandidate\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"8\n\rIdentifyReply\x12\'\n\ncandidates\x18\x01 \x03(\x0b\x32\x13.kfaar.v1.Candidate\"b\n\rRevokeRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"(\n\x0bRevokeReply\x12\x19\n\x11templates_removed\x18\x01 \x01(\x05\"\x89\x01\n\x0cRekeyRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12&\n\ttemplates\x18\x03 \x03(\x0b\x32\x13.kfaar.v1.Embedding\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"&\n\nRekeyReply\x12\x18\n\x10templates_stored\x18\x01 \x01(\x05\"\x82\x01\n\tAuthProbe\x12)\n\x06verify\x18\x01 \x01(\x0b\x32\x17.kfaar.v1.VerifyRequestH\x00\x12-\n\x08identify\x18\x02 \x01(\x0b\x32\x19.kfaar.v1.IdentifyRequestH\x00\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x42\t\n\x07request\"\xaa\x01\n\x0c\x41uthDecision\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\'\n\x06verify\x18\x02 \x01(\x0b\x32\x15.kfaar.v1.VerifyReplyH\x00\x12+\n\x08identify\x18\x03 \x01(\x0b\x32\x17.kfaar.v1.IdentifyReplyH\x00\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\tB\x07\n\x05reply\">\n\x15RegisterDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nverify_key\x18\x02 \x01(\x0c\"\x15\n\x13RegisterDeviceReply\",\n\x17UnregisterDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x17\n\x15UnregisterDeviceReply\")\n\x15\x43reateAppTokenRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\"$\n\x13\x43reateAppTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\")\n\x15RevokeAppTokenRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\"\x15\n\x13RevokeAppTokenReply2\xf9\x02\n\x0b\x41uthService\x12\x38\n\x06\x45nroll\x12\x17.kfaar.v1.EnrollRequest\x1a\x15.kfaar.v1.EnrollReply\x12\x38\n\x06Verify\x12\x17.kfaar.v1.VerifyRequest\x1a\x15.kfaar.v1.VerifyReply\x12>\n\x08Identify\x12\x19.kfaar.v1.IdentifyRequest\x1a\x17.kfaar.v1.IdentifyReply\x12\x38\n\x06Revoke\x12\x17.kfaar.v1.RevokeRequest\x1a\x15.kfaar.v1.RevokeReply\x12\x35\n\x05Rekey\x12\x16.kfaar.v1.RekeyRequest\x1a\x14.kfaar.v1.RekeyReply\x12\x45\n\x12StreamAuthenticate\x12\x13.kfaar.v1.AuthProbe\x1a\x16.kfaar.v1.AuthDecision(\x01\x30\x01\x32\xdc\x02\n\x0c\x41\x64minService\x12P\n\x0eRegisterDevice\x12\x1f.kfaar.v1.RegisterDeviceRequest\x1a\x1d.kfaar.v1.RegisterDeviceReply\x12V\n\x10UnregisterDevice\x12!.kfaar.v1.UnregisterDeviceRequest\x1a\x1f.kfaar.v1.UnregisterDeviceReply\x12P\n\x0e\x43reateAppToken\x12\x1f.kfaar.v1.CreateAppTokenRequest\x1a\x1d.kfaar.v1.CreateAppTokenReply\x12P\n\x0eRevokeAppToken\x12\x1f.kfaar.v1.RevokeAppTokenRequest\x1a\x1d.kfaar.v1.RevokeAppTokenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kfaar_pb/v1/auth.proto\x12\x08kfaar.v1\x1a\x18kfaar_pb/v1/common.proto\"X\n\x0b\x44\x65viceProof\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x8a\x01\n\rEnrollRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12&\n\ttemplates\x18\x03 \x03(\x0b\x32\x13.kfaar.v1.Embedding\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\";\n\x0b\x45nrollReply\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x18\n\x10templates_stored\x18\x02 \x01(\x05\"\x86\x01\n\rVerifyRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\"\n\x05probe\x18\x03 \x01(\x0b\x32\x13.kfaar.v1.Embedding\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"S\n\x0bVerifyReply\x12\r\n\x05match\x18\x01 \x01(\x08\x12\x12\n\x05score\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\x0foperating_point\x18\n \x01(\tB\x08\n\x06_score\"\x83\x01\n\x0fIdentifyRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\"\n\x05probe\x18\x02 \x01(\x0b\x32\x13.kfaar.v1.Embedding\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"=\n\tCandidate\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"Q\n\rIdentifyReply\x12\'\n\ncandidates\x18\x01 \x03(\x0b\x32\x13.kfaar.v1.Candidate\x12\x17\n\x0foperating_point\x18\n \x01(\t\"b\n\rRevokeRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"(\n\x0bRevokeReply\x12\x19\n\x11templates_removed\x18\x01 \x01(\x05\"\x89\x01\n\x0cRekeyRequest\x12$\n\x05proof\x18\x01 \x01(\x0b\x32\x15.kfaar.v1.DeviceProof\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12&\n\ttemplates\x18\x03 \x03(\x0b\x32\x13.kfaar.v1.Embedding\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"&\n\nRekeyReply\x12\x18\n\x10templates_stored\x18\x01 \x01(\x05\"\x82\x01\n\tAuthProbe\x12)\n\x06verify\x18\x01 \x01(\x0b\x32\x17.kfaar.v1.VerifyRequestH\x00\x12-\n\x08identify\x18\x02 \x01(\x0b\x32\x19.kfaar.v1.IdentifyRequestH\x00\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x42\t\n\x07request\"\xaa\x01\n\x0c\x41uthDecision\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\'\n\x06verify\x18\x02 \x01(\x0b\x32\x15.kfaar.v1.VerifyReplyH\x00\x12+\n\x08identify\x18\x03 \x01(\x0b\x32\x17.kfaar.v1.IdentifyReplyH\x00\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\tB\x07\n\x05reply\"M\n\x15RegisterDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nverify_key\x18\x02 \x01(\x0c\x12\r\n\x05scope\x18\x03 \x01(\t\"\x15\n\x13RegisterDeviceReply\",\n\x17UnregisterDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x17\n\x15UnregisterDeviceReply\"]\n\x15\x43reateAppTokenRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x12\n\ndevice_ids\x18\x03 \x03(\t\x12\x0f\n\x07methods\x18\x04 \x03(\t\"$\n\x13\x43reateAppTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\")\n\x15RevokeAppTokenRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\"\x15\n\x13RevokeAppTokenReply2\xf9\x02\n\x0b\x41uthService\x12\x38\n\x06\x45nroll\x12\x17.kfaar.v1.EnrollRequest\x1a\x15.kfaar.v1.EnrollReply\x12\x38\n\x06Verify\x12\x17.kfaar.v1.VerifyRequest\x1a\x15.kfaar.v1.VerifyReply\x12>\n\x08Identify\x12\x19.kfaar.v1.IdentifyRequest\x1a\x17.kfaar.v1.IdentifyReply\x12\x38\n\x06Revoke\x12\x17.kfaar.v1.RevokeRequest\x1a\x15.kfaar.v1.RevokeReply\x12\x35\n\x05Rekey\x12\x16.kfaar.v1.RekeyRequest\x1a\x14.kfaar.v1.RekeyReply\x12\x45\n\x12StreamAuthenticate\x12\x13.kfaar.v1.AuthProbe\x1a\x16.kfaar.v1.AuthDecision(\x01\x30\x01\x32\xdc\x02\n\x0c\x41\x64minService\x12P\n\x0eRegisterDevice\x12\x1f.kfaar.v1.RegisterDeviceRequest\x1a\x1d.kfaar.v1.RegisterDeviceReply\x12V\n\x10UnregisterDevice\x12!.kfaar.v1.UnregisterDeviceRequest\x1a\x1f.kfaar.v1.UnregisterDeviceReply\x12P\n\x0e\x43reateAppToken\x12\x1f.kfaar.v1.CreateAppTokenRequest\x1a\x1d.kfaar.v1.CreateAppTokenReply\x12P\n\x0eRevokeAppToken\x12\x1f.kfaar.v1.RevokeAppTokenRequest\x1a\x1d.kfaar.v1.RevokeAppTokenReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,43 +41,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST']._serialized_start=355
   _globals['_VERIFYREQUEST']._serialized_end=489
   _globals['_VERIFYREPLY']._serialized_start=491
-  _globals['_VERIFYREPLY']._serialized_end=549
-  _globals['_IDENTIFYREQUEST']._serialized_start=552
-  _globals['_IDENTIFYREQUEST']._serialized_end=683
-  _globals['_CANDIDATE']._serialized_start=685
-  _globals['_CANDIDATE']._serialized_end=746
-  _globals['_IDENTIFYREPLY']._serialized_start=748
-  _globals['_IDENTIFYREPLY']._serialized_end=804
-  _globals['_REVOKEREQUEST']._serialized_start=806
-  _globals['_REVOKEREQUEST']._serialized_end=904
-  _globals['_REVOKEREPLY']._serialized_start=906
-  _globals['_REVOKEREPLY']._serialized_end=946
-  _globals['_REKEYREQUEST']._serialized_start=949
-  _globals['_REKEYREQUEST']._serialized_end=1086
-  _globals['_REKEYREPLY']._serialized_start=1088
-  _globals['_REKEYREPLY']._serialized_end=1126
-  _globals['_AUTHPROBE']._serialized_start=1129
-  _globals['_AUTHPROBE']._serialized_end=1259
-  _globals['_AUTHDECISION']._serialized_start=1262
-  _globals['_AUTHDECISION']._serialized_end=1432
-  _globals['_REGISTERDEVICEREQUEST']._serialized_start=1434
-  _globals['_REGISTERDEVICEREQUEST']._serialized_end=1496
-  _globals['_REGISTERDEVICEREPLY']._serialized_start=1498
-  _globals['_REGISTERDEVICEREPLY']._serialized_end=1519
-  _globals['_UNREGISTERDEVICEREQUEST']._serialized_start=1521
-  _globals['_UNREGISTERDEVICEREQUEST']._serialized_end=1565
-  _globals['_UNREGISTERDEVICEREPLY']._serialized_start=1567
-  _globals['_UNREGISTERDEVICEREPLY']._serialized_end=1590
-  _globals['_CREATEAPPTOKENREQUEST']._serialized_start=1592
-  _globals['_CREATEAPPTOKENREQUEST']._serialized_end=1633
-  _globals['_CREATEAPPTOKENREPLY']._serialized_start=1635
-  _globals['_CREATEAPPTOKENREPLY']._serialized_end=1671
-  _globals['_REVOKEAPPTOKENREQUEST']._serialized_start=1673
-  _globals['_REVOKEAPPTOKENREQUEST']._serialized_end=1714
-  _globals['_REVOKEAPPTOKENREPLY']._serialized_start=1716
-  _globals['_REVOKEAPPTOKENREPLY']._serialized_end=1737
-  _globals['_AUTHSERVICE']._serialized_start=1740
-  _globals['_AUTHSERVICE']._serialized_end=2117
-  _globals['_ADMINSERVICE']._serialized_start=2120
-  _globals['_ADMINSERVICE']._serialized_end=2468
+  _globals['_VERIFYREPLY']._serialized_end=574
+  _globals['_IDENTIFYREQUEST']._serialized_start=577
+  _globals['_IDENTIFYREQUEST']._serialized_end=708
+  _globals['_CANDIDATE']._serialized_start=710
+  _globals['_CANDIDATE']._serialized_end=771
+  _globals['_IDENTIFYREPLY']._serialized_start=773
+  _globals['_IDENTIFYREPLY']._serialized_end=854
+  _globals['_REVOKEREQUEST']._serialized_start=856
+  _globals['_REVOKEREQUEST']._serialized_end=954
+  _globals['_REVOKEREPLY']._serialized_start=956
+  _globals['_REVOKEREPLY']._serialized_end=996
+  _globals['_REKEYREQUEST']._serialized_start=999
+  _globals['_REKEYREQUEST']._serialized_end=1136
+  _globals['_REKEYREPLY']._serialized_start=1138
+  _globals['_REKEYREPLY']._serialized_end=1176
+  _globals['_AUTHPROBE']._serialized_start=1179
+  _globals['_AUTHPROBE']._serialized_end=1309
+  _globals['_AUTHDECISION']._serialized_start=1312
+  _globals['_AUTHDECISION']._serialized_end=1482
+  _globals['_REGISTERDEVICEREQUEST']._serialized_start=1484
+  _globals['_REGISTERDEVICEREQUEST']._serialized_end=1561
+  _globals['_REGISTERDEVICEREPLY']._serialized_start=1563
+  _globals['_REGISTERDEVICEREPLY']._serialized_end=1584
+  _globals['_UNREGISTERDEVICEREQUEST']._serialized_start=1586
+  _globals['_UNREGISTERDEVICEREQUEST']._serialized_end=1630
+  _globals['_UNREGISTERDEVICEREPLY']._serialized_start=1632
+  _globals['_UNREGISTERDEVICEREPLY']._serialized_end=1655
+  _globals['_CREATEAPPTOKENREQUEST']._serialized_start=1657
+  _globals['_CREATEAPPTOKENREQUEST']._serialized_end=1750
+  _globals['_CREATEAPPTOKENREPLY']._serialized_start=1752
+  _globals['_CREATEAPPTOKENREPLY']._serialized_end=1788
+  _globals['_REVOKEAPPTOKENREQUEST']._serialized_start=1790
+  _globals['_REVOKEAPPTOKENREQUEST']._serialized_end=1831
+  _globals['_REVOKEAPPTOKENREPLY']._serialized_start=1833
+  _globals['_REVOKEAPPTOKENREPLY']._serialized_end=1854
+  _globals['_AUTHSERVICE']._serialized_start=1857
+  _globals['_AUTHSERVICE']._serialized_end=2234
+  _globals['_ADMINSERVICE']._serialized_start=2237
+  _globals['_ADMINSERVICE']._serialized_end=2585
 # @@protoc_insertion_point(module_scope)

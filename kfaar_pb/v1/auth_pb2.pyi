@@ -52,12 +52,14 @@ class VerifyRequest(_message.Message):
     def __init__(self, proof: _Optional[_Union[DeviceProof, _Mapping]] = ..., subject_id: _Optional[str] = ..., probe: _Optional[_Union[_common_pb2.Embedding, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
-    __slots__ = ("match", "score")
+    __slots__ = ("match", "score", "operating_point")
     MATCH_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     match: bool
     score: float
-    def __init__(self, match: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
+    operating_point: str
+    def __init__(self, match: _Optional[bool] = ..., score: _Optional[float] = ..., operating_point: _Optional[str] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
     __slots__ = ("proof", "probe", "top_k", "idempotency_key")
@@ -80,10 +82,12 @@ class Candidate(_message.Message):
     def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class IdentifyReply(_message.Message):
-    __slots__ = ("candidates",)
+    __slots__ = ("candidates", "operating_point")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    operating_point: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., operating_point: _Optional[str] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("proof", "subject_id", "idempotency_key")
@@ -144,12 +148,14 @@ class AuthDecision(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., verify: _Optional[_Union[VerifyReply, _Mapping]] = ..., identify: _Optional[_Union[IdentifyReply, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class RegisterDeviceRequest(_message.Message):
-    __slots__ = ("device_id", "verify_key")
+    __slots__ = ("device_id", "verify_key", "scope")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     VERIFY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     verify_key: bytes
-    def __init__(self, device_id: _Optional[str] = ..., verify_key: _Optional[bytes] = ...) -> None: ...
+    scope: str
+    def __init__(self, device_id: _Optional[str] = ..., verify_key: _Optional[bytes] = ..., scope: _Optional[str] = ...) -> None: ...
 
 class RegisterDeviceReply(_message.Message):
     __slots__ = ()
@@ -166,10 +172,16 @@ class UnregisterDeviceReply(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateAppTokenRequest(_message.Message):
-    __slots__ = ("app_name",)
+    __slots__ = ("app_name", "scope", "device_ids", "methods")
     APP_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
     app_name: str
-    def __init__(self, app_name: _Optional[str] = ...) -> None: ...
+    scope: str
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, app_name: _Optional[str] = ..., scope: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateAppTokenReply(_message.Message):
     __slots__ = ("token",)

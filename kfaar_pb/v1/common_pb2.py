@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kfaar_pb/v1/common.proto\x12\x08kfaar.v1\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"o\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\'\n\x05space\x18\x02 \x01(\x0e\x32\x18.kfaar.v1.EmbeddingSpace\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.kfaar.v1.ModelVersion*m\n\x0e\x45mbeddingSpace\x12\x1f\n\x1b\x45MBEDDING_SPACE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45MBEDDING_SPACE_VIRTUAL\x10\x01\x12\x1d\n\x19\x45MBEDDING_SPACE_RECOVERED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kfaar_pb/v1/common.proto\x12\x08kfaar.v1\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x84\x01\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\'\n\x05space\x18\x02 \x01(\x0e\x32\x18.kfaar.v1.EmbeddingSpace\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.kfaar.v1.ModelVersion\x12\x13\n\x0b\x66used_views\x18\x04 \x01(\r*\x88\x01\n\x0e\x45mbeddingSpace\x12\x1f\n\x1b\x45MBEDDING_SPACE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45MBEDDING_SPACE_VIRTUAL\x10\x01\x12\x1d\n\x19\x45MBEDDING_SPACE_RECOVERED\x10\x02\x12\x19\n\x15\x45MBEDDING_SPACE_KEYED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._serialized_options = b'\020\001'
-  _globals['_EMBEDDINGSPACE']._serialized_start=198
-  _globals['_EMBEDDINGSPACE']._serialized_end=307
+  _globals['_EMBEDDINGSPACE']._serialized_start=221
+  _globals['_EMBEDDINGSPACE']._serialized_end=357
   _globals['_MODELVERSION']._serialized_start=38
   _globals['_MODELVERSION']._serialized_end=83
-  _globals['_EMBEDDING']._serialized_start=85
-  _globals['_EMBEDDING']._serialized_end=196
+  _globals['_EMBEDDING']._serialized_start=86
+  _globals['_EMBEDDING']._serialized_end=218
 # @@protoc_insertion_point(module_scope)

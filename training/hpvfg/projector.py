@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_agent.hpvfg import band_rotation, key_rotation
-from edge_agent.keys import derive
+from edge_agent.rotation import band_rotation
 
 EMBED_DIM = 128
 KEY_BITS = 256
@@ -58,6 +57,8 @@ class RotationBasis:
 
     def rotation(self, key: bytes) -> np.ndarray:
         """Return the key's block-diagonal rotation (127, 127) in band coordinates."""
+        from edge_agent.hpvfg import key_rotation  # PyNaCl: not needed to train
+
         return key_rotation(key, self.bands)
 
     def random_rotation(self, rng: np.random.Generator) -> np.ndarray:
@@ -86,6 +87,8 @@ class RotationProjector(nn.Module):
 
 def key_bits(key: bytes) -> np.ndarray:
     """Return the MLP projector's conditioning: 256 derived bits as +-1 floats."""
+    from edge_agent.keys import derive  # PyNaCl: not needed to train
+
     bits = np.unpackbits(np.frombuffer(derive(key, "kfaar-proj-mlp1"), np.uint8))
     return bits.astype(np.float32) * 2 - 1
 

@@ -50,6 +50,10 @@ class TrainConfig:
     device: str = "cpu"
     eval_every: int = 200
     dev_faces: int = 240
+    # Wall-clock budget (None: none). The generator stage gets `generator_share` of it, then
+    # the KVFA stage starts early; past the budget the run saves and stops, resumable.
+    time_budget_s: float | None = None
+    generator_share: float = 0.85
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     kvfa: KVFAConfig = field(default_factory=KVFAConfig)
 
@@ -241,6 +245,13 @@ class Trainer:
         bar = progress(range(start, total), desc="train", initial=start, total=total)
         t0 = time.perf_counter()
         for step in bar:
+            elapsed = time.perf_counter() - t0
+            if c.time_budget_s is not None and elapsed > c.time_budget_s:
+                log.info("time budget of %.0f s spent at step %d: saving", c.time_budget_s, step)
+                self._save(ckpt, step, g_opt, k_opt)
+                break
+            if self._skip_to_kvfa(step, elapsed):
+                continue
             gen_stage = step < c.steps
             stage_step, stage_len = (step, c.steps) if gen_stage else (step - c.steps, c.kvfa_steps)
             for group in (g_opt if gen_stage else k_opt).param_groups:
@@ -258,6 +269,13 @@ class Trainer:
                 self._save(ckpt, step + 1, g_opt, k_opt)
         (c.out / "history.json").write_text(json.dumps(self.history, indent=1))
         return ckpt
+
+    def _skip_to_kvfa(self, step: int, elapsed: float) -> bool:
+        """Skip the rest of the generator stage once it has used its share of the budget."""
+        c = self.cfg
+        if c.time_budget_s is None or step >= c.steps:
+            return False
+        return elapsed > c.generator_share * c.time_budget_s
 
     def _save(self, path: Path, step: int, g_opt, k_opt) -> None:
         tmp = path.with_suffix(".tmp")

@@ -1,0 +1,119 @@
+"""``kfaar admin``: register scoped devices and issue scoped, device-bound app tokens."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "admin",
+        help="register devices and issue app tokens (AdminService)",
+        description="Call the service's AdminService with the admin token. Devices act only "
+        "on the subjects of their scope; tokens work only with devices of their scope, "
+        "only on the devices named (if any), and only for the methods granted "
+        "(default Enroll, Verify, Identify, Rekey; Revoke must be granted by name). "
+        "See docs/SECURITY.md.",
+    )
+    p.add_argument(
+        "--server",
+        default=_env("KFAAR_SERVER", f"127.0.0.1:{_env('KFAAR_PORT', '50051')}"),
+        help="host:port ($KFAAR_SERVER, else 127.0.0.1:$KFAAR_PORT)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=_env("KFAAR_ADMIN_TOKEN_FILE"),
+        help="file holding the admin bearer token ($KFAAR_ADMIN_TOKEN_FILE)",
+    )
+    p.add_argument("--ca", type=Path, default=_env("KFAAR_TLS_CA"), help="$KFAAR_TLS_CA")
+    p.add_argument(
+        "--cert", type=Path, default=_env("KFAAR_TLS_CLIENT_CERT"), help="$KFAAR_TLS_CLIENT_CERT"
+    )
+    p.add_argument(
+        "--key", type=Path, default=_env("KFAAR_TLS_CLIENT_KEY"), help="$KFAAR_TLS_CLIENT_KEY"
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    reg = actions.add_parser("register-device", help="register (or move) a device's verify key")
+    reg.add_argument("device_id")
+    reg.add_argument("verify_key", help="hex, as printed by `kfaar keys export-public`")
+    reg.add_argument("--scope", default="", help="site or tenant (default: default)")
+    unreg = actions.add_parser("unregister-device", help="forget a device (a lost camera)")
+    unreg.add_argument("device_id")
+    tok = actions.add_parser("create-token", help="issue an app token; printed once")
+    tok.add_argument("app_name")
+    tok.add_argument("--scope", default="", help="site or tenant (default: default)")
+    tok.add_argument(
+        "--device", action="append", default=[], help="bind to this device (repeatable)"
+    )
+    tok.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        help="allow this AuthService method (repeatable; default Enroll, Verify, Identify, Rekey)",
+    )
+    rev = actions.add_parser("revoke-token", help="revoke an app's token")
+    rev.add_argument("app_name")
+    p.set_defaults(handler=_admin)
+
+
+def _channel(args: argparse.Namespace):
+    """Open a channel: plaintext without --ca, TLS with it, mTLS with --cert and --key."""
+    import grpc
+
+    if args.ca is None:
+        return grpc.insecure_channel(args.server)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=args.ca.read_bytes(),
+        private_key=args.key.read_bytes() if args.key else None,
+        certificate_chain=args.cert.read_bytes() if args.cert else None,
+    )
+    return grpc.secure_channel(args.server, creds)
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
+
+    if args.admin_token_file is None or not Path(args.admin_token_file).is_file():
+        raise FileNotFoundError("--admin-token-file (or $KFAAR_ADMIN_TOKEN_FILE) must name a file")
+    for name in ("ca", "cert", "key"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"--{name}: no file at {path}")
+    meta = (("authorization", f"Bearer {Path(args.admin_token_file).read_text().strip()}"),)
+    with _channel(args) as channel:
+        admin = auth_pb2_grpc.AdminServiceStub(channel)
+        if args.action == "register-device":
+            try:
+                key = bytes.fromhex(args.verify_key)
+            except ValueError:
+                raise ValueError("verify_key must be hex (kfaar keys export-public)") from None
+            req = auth_pb2.RegisterDeviceRequest(
+                device_id=args.device_id, verify_key=key, scope=args.scope
+            )
+            admin.RegisterDevice(req, metadata=meta, timeout=10)
+            sys.stdout.write(f"registered {args.device_id} in scope {args.scope or 'default'}\n")
+        elif args.action == "unregister-device":
+            req = auth_pb2.UnregisterDeviceRequest(device_id=args.device_id)
+            admin.UnregisterDevice(req, metadata=meta, timeout=10)
+            sys.stdout.write(f"unregistered {args.device_id}\n")
+        elif args.action == "create-token":
+            req = auth_pb2.CreateAppTokenRequest(
+                app_name=args.app_name,
+                scope=args.scope,
+                device_ids=args.device,
+                methods=args.method,
+            )
+            sys.stdout.write(f"{admin.CreateAppToken(req, metadata=meta, timeout=10).token}\n")
+        else:
+            req = auth_pb2.RevokeAppTokenRequest(app_name=args.app_name)
+            admin.RevokeAppToken(req, metadata=meta, timeout=10)
+            sys.stdout.write(f"revoked the token of {args.app_name}\n")
+    return 0

@@ -1,0 +1,111 @@
+"""``kfaar edge run``: one signed decision per attempt, over the frames of one tracked face."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.attempts import Attempt, AttemptTracker, QualityConfig, frame_quality
+from edge_agent.capture import frames
+from edge_agent.face.detect import NoFaceError
+from edge_agent.pipeline import EdgePipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    accepted: bool
+    text: str  # what to print: "ACCEPT", "reject", a subject id, "unknown"
+    operating_point: str = ""
+
+
+@dataclass
+class RunTally:
+    attempts: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    too_poor: int = 0
+    frames: int = 0
+    dropped: int = 0
+    operating_point: str = ""
+
+    def summary(self) -> str:
+        point = f"; operating point {self.operating_point}" if self.operating_point else ""
+        return (
+            f"{self.attempts} attempts: {self.accepted} accepted, {self.rejected} rejected, "
+            f"{self.too_poor} face too poor ({self.frames} frames read, {self.dropped} dropped)"
+            f"{point}\n"
+        )
+
+
+def describe(att: Attempt) -> str:
+    """Name an attempt's frames: first..last, how many used and dropped, why it closed."""
+    names = att.labels or [label for label, _ in att.dropped]
+    span = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+    return f"{span} ({len(att.labels)} used, {len(att.dropped)} dropped; {att.closed_by})"
+
+
+def run_attempts(
+    source: str,
+    pipeline: EdgePipeline,
+    key: bytes,
+    decide: Callable[[np.ndarray, int], Decision],
+    write: Callable[[str], object],
+    tracker: AttemptTracker | None = None,
+    quality: QualityConfig | None = None,
+    max_frames: int | None = None,
+    save_frames: Path | None = None,
+    save_originals: bool = False,
+) -> RunTally:
+    """Read ``source``, fuse each tracked face's frames, and ``decide`` once per attempt.
+
+    ``decide`` gets the fused template and how many views it fuses.
+    """
+    tracker = tracker or AttemptTracker()
+    tally = RunTally()
+
+    def report(closed: list[Attempt]) -> None:
+        for att in closed:
+            tally.attempts += 1
+            if not att.usable:
+                tally.too_poor += 1
+                write(f"{describe(att)}\trejected: {att.poor_reason()}\n")
+                continue
+            d = decide(*att.fused())
+            tally.accepted += d.accepted
+            tally.rejected += not d.accepted
+            tally.operating_point = d.operating_point or tally.operating_point
+            write(f"{describe(att)}\t{d.text}\n")
+
+    for i, (label, frame) in enumerate(frames(source)):
+        if max_frames is not None and i >= max_frames:
+            break
+        tally.frames += 1
+        try:
+            face = pipeline.detector.primary(frame)
+        except NoFaceError:
+            log.info("%s: no face", label)
+            report(tracker.no_face())
+            continue
+        q = frame_quality(frame, face, quality)
+        template = None
+        if q.reason is not None:
+            tally.dropped += 1
+            write(f"{label}\tdropped: {q.reason}\n")
+        elif save_frames is not None:
+            vf = pipeline.render(frame, face, key)
+            template = vf.embedding
+            cv2.imwrite(str(save_frames / f"{i:05d}_virtual.jpg"), vf.image)
+            if save_originals:
+                cv2.imwrite(str(save_frames / f"{i:05d}_original.jpg"), frame)
+        else:
+            template = pipeline.embed(frame, face, key)
+        report(tracker.add(label, face, q, template))
+    report(tracker.flush())
+    return tally
