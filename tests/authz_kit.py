@@ -30,8 +30,8 @@ def unit(seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def emb(v: np.ndarray) -> common_pb2.Embedding:
-    return common_pb2.Embedding(values=list(v), model=MODEL, space=VIRTUAL)
+def emb(v: np.ndarray, model=MODEL, space=VIRTUAL) -> common_pb2.Embedding:
+    return common_pb2.Embedding(values=list(v), model=model, space=space)
 
 
 class Client:

@@ -38,25 +38,9 @@ def _start(db: Path, port: int):
 
 
 def test_writes_made_while_the_service_is_down_arrive_exactly_once(tmp_path: Path) -> None:
-    port, key = _free_port(), nacl.signing.SigningKey.generate()
-    running = _start(tmp_path / "kfaar.db", port)
-    admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-    meta = (("authorization", f"Bearer {ADMIN}"),)
-    admin.RegisterDevice(
-        auth_pb2.RegisterDeviceRequest(device_id="cam", verify_key=key.verify_key.encode()),
-        metadata=meta,
+    running, port, client = _service_and_client(
+        tmp_path, deadline_s=0.5, attempts=4, backoff_max_s=0.5
     )
-    token = admin.CreateAppToken(auth_pb2.CreateAppTokenRequest(app_name="a"), metadata=meta).token
-    cfg = ClientConfig(
-        f"127.0.0.1:{port}",
-        token,
-        "cam",
-        deadline_s=0.5,
-        attempts=4,
-        backoff_s=0.05,
-        backoff_max_s=0.5,
-    )
-    client = AuthClient(cfg, key, Outbox(tmp_path / "outbox.db"))
     enroll = auth_pb2.EnrollRequest(subject_id="s-1", templates=[_template(1)])
     assert client.send_or_queue("Enroll", enroll).templates_stored == 1
 

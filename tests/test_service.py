@@ -9,6 +9,7 @@ import grpc
 import nacl.signing
 import numpy as np
 import pytest
+from authz_kit import ADMIN, THRESHOLD, VIRTUAL, Client, emb, unit
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_service.index import IndexConfig
@@ -17,35 +18,6 @@ from auth_service.ratelimit import Budget, GuessBudgets
 from auth_service.server import ServerConfig, start
 from auth_service.servicer import Policy
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
-
-ADMIN = "admin-secret-token"
-MODEL = common_pb2.ModelVersion(name="hpvfg", version="1.0.0")
-VIRTUAL = common_pb2.EMBEDDING_SPACE_VIRTUAL
-THRESHOLD = 0.93
-
-
-def unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(128)
-    return v / np.linalg.norm(v)
-
-
-def emb(v, model=MODEL, space=VIRTUAL) -> common_pb2.Embedding:
-    return common_pb2.Embedding(values=list(v), model=model, space=space)
-
-
-class Client:
-    """A device plus an app token: signs every request like the edge agent does."""
-
-    def __init__(self, port: int, token: str, device: str, key: nacl.signing.SigningKey):
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
-        self.meta = (("authorization", f"Bearer {token}"),)
-        self.device, self.key, self.token = device, key, token
-
-    def call(self, name: str, request, signed: bool = True):
-        if signed:
-            sign(f"/kfaar.v1.AuthService/{name}", request, self.device, self.key)
-        return getattr(self.stub, name)(request, metadata=self.meta, timeout=10)
 
 
 @pytest.fixture
