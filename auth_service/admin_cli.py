@@ -8,8 +8,43 @@ import sys
 from pathlib import Path
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+def env(name: str, default: str | None = None) -> str | None:
+    """Return a deployment setting from the environment."""
     return os.environ.get(name, default)
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    """Add --server and the client TLS files, as the edge agent reads them."""
+    p.add_argument(
+        "--server",
+        default=env("KFAAR_SERVER", f"127.0.0.1:{env('KFAAR_PORT', '50051')}"),
+        help="host:port ($KFAAR_SERVER, else 127.0.0.1:$KFAAR_PORT)",
+    )
+    p.add_argument("--ca", type=Path, default=env("KFAAR_TLS_CA"), help="$KFAAR_TLS_CA")
+    p.add_argument(
+        "--cert", type=Path, default=env("KFAAR_TLS_CLIENT_CERT"), help="$KFAAR_TLS_CLIENT_CERT"
+    )
+    p.add_argument(
+        "--key", type=Path, default=env("KFAAR_TLS_CLIENT_KEY"), help="$KFAAR_TLS_CLIENT_KEY"
+    )
+
+
+def connect(args: argparse.Namespace):
+    """Open a channel: plaintext without --ca, TLS with it, mTLS with --cert and --key."""
+    import grpc
+
+    for name in ("ca", "cert", "key"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"--{name}: no file at {path}")
+    if args.ca is None:
+        return grpc.insecure_channel(args.server)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(args.ca).read_bytes(),
+        private_key=Path(args.key).read_bytes() if args.key else None,
+        certificate_chain=Path(args.cert).read_bytes() if args.cert else None,
+    )
+    return grpc.secure_channel(args.server, creds)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,23 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default Enroll, Verify, Identify, Rekey; Revoke must be granted by name). "
         "See docs/SECURITY.md.",
     )
-    p.add_argument(
-        "--server",
-        default=_env("KFAAR_SERVER", f"127.0.0.1:{_env('KFAAR_PORT', '50051')}"),
-        help="host:port ($KFAAR_SERVER, else 127.0.0.1:$KFAAR_PORT)",
-    )
+    add_connection_args(p)
     p.add_argument(
         "--admin-token-file",
         type=Path,
-        default=_env("KFAAR_ADMIN_TOKEN_FILE"),
+        default=env("KFAAR_ADMIN_TOKEN_FILE"),
         help="file holding the admin bearer token ($KFAAR_ADMIN_TOKEN_FILE)",
-    )
-    p.add_argument("--ca", type=Path, default=_env("KFAAR_TLS_CA"), help="$KFAAR_TLS_CA")
-    p.add_argument(
-        "--cert", type=Path, default=_env("KFAAR_TLS_CLIENT_CERT"), help="$KFAAR_TLS_CLIENT_CERT"
-    )
-    p.add_argument(
-        "--key", type=Path, default=_env("KFAAR_TLS_CLIENT_KEY"), help="$KFAAR_TLS_CLIENT_KEY"
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     reg = actions.add_parser("register-device", help="register (or move) a device's verify key")
@@ -64,31 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_admin)
 
 
-def _channel(args: argparse.Namespace):
-    """Open a channel: plaintext without --ca, TLS with it, mTLS with --cert and --key."""
-    import grpc
-
-    if args.ca is None:
-        return grpc.insecure_channel(args.server)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=args.ca.read_bytes(),
-        private_key=args.key.read_bytes() if args.key else None,
-        certificate_chain=args.cert.read_bytes() if args.cert else None,
-    )
-    return grpc.secure_channel(args.server, creds)
-
-
 def _admin(args: argparse.Namespace) -> int:
     from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
     if args.admin_token_file is None or not Path(args.admin_token_file).is_file():
         raise FileNotFoundError("--admin-token-file (or $KFAAR_ADMIN_TOKEN_FILE) must name a file")
-    for name in ("ca", "cert", "key"):
-        path = getattr(args, name)
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"--{name}: no file at {path}")
     meta = (("authorization", f"Bearer {Path(args.admin_token_file).read_text().strip()}"),)
-    with _channel(args) as channel:
+    with connect(args) as channel:
         admin = auth_pb2_grpc.AdminServiceStub(channel)
         if args.action == "register-device":
             try:

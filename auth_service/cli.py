@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from auth_service.admin_cli import add_connection_args, connect
+from auth_service.admin_cli import env as _env
 from auth_service.admin_cli import register as register_admin
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,18 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Query the gRPC health service, as a container HEALTHCHECK or a "
         "Kubernetes exec probe would. TLS settings are the edge agent's.",
     )
-    h.add_argument(
-        "--server",
-        default=_env("KFAAR_SERVER", f"127.0.0.1:{_env('KFAAR_PORT', '50051')}"),
-        help="host:port ($KFAAR_SERVER, else 127.0.0.1:$KFAAR_PORT)",
-    )
-    h.add_argument("--ca", type=Path, default=_env("KFAAR_TLS_CA"), help="$KFAAR_TLS_CA")
-    h.add_argument(
-        "--cert", type=Path, default=_env("KFAAR_TLS_CLIENT_CERT"), help="$KFAAR_TLS_CLIENT_CERT"
-    )
-    h.add_argument(
-        "--key", type=Path, default=_env("KFAAR_TLS_CLIENT_KEY"), help="$KFAAR_TLS_CLIENT_KEY"
-    )
+    add_connection_args(h)
     h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     h.set_defaults(handler=_health)
     register_admin(sub)  # kfaar admin: scoped devices and tokens
@@ -156,13 +142,7 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from edge_agent.client import open_channel
-
-    for name in ("ca", "cert", "key"):
-        path = getattr(args, name)
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"--{name}: no file at {path}")
-    with open_channel(args.server, args.ca, args.cert, args.key) as channel:
+    with connect(args) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)

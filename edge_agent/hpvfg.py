@@ -108,6 +108,8 @@ class HpvfgAnonymizer(Anonymizer):
         gen = "generator.int8.onnx" if precision == "int8" else "generator.onnx"
         self._projector = create_session(self.bundle.file("projector.onnx"), threads)
         self._generator = create_session(self.bundle.file(gen), threads)
+        # HPVFG 2.0 re-renders from z' alone, and its graph declares no z input.
+        self._generator_inputs = {i.name for i in self._generator.get_inputs()}
         self._kvfa = create_session(self.bundle.file("kvfa.onnx"), threads)
 
     def rotation(self, key: bytes) -> np.ndarray:
@@ -139,9 +141,8 @@ class HpvfgAnonymizer(Anonymizer):
             "z": z,
             "z_virtual": self.virtual_identity(z, key),
         }
-        # HPVFG 2.0 re-renders from z' alone, and its graph declares no z input.
-        declared = {i.name for i in self._generator.get_inputs()}
-        out = self._generator.run(None, {k: v for k, v in feed.items() if k in declared})[0]
+        feed = {k: v for k, v in feed.items() if k in self._generator_inputs}
+        out = self._generator.run(None, feed)[0]  # (N, 3, 150, 150)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
     def transform_chip(self, chip: np.ndarray, key: bytes | None) -> np.ndarray:

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -133,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         join_parts(args.join, args.out)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import os
-
     train, dev = _chips(args.data_root)
     args.out.mkdir(parents=True, exist_ok=True)
     n = pack_chips(ChipSet.load(train), args.out / "train.npz", int(args.max_mib * 2**20))

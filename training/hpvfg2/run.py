@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    chips = {}
-    for name in ("train", "dev"):
-        chips[name] = args.out / f"{name}_chips.npz"
-        load_packed(args.packed / f"{name}.npz").save(chips[name])
+    chips = {name: args.packed / f"{name}.npz" for name in ("train", "dev")}
     sface = args.packed / "sface.fp16.onnx"
     gen = RenderConfig(work=args.work)
     cfg = RenderTrainConfig(
@@ -61,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     if cfg.sface is None:
         log.warning("no SFace in %s: training against the system recognizer alone", args.packed)
-    checkpoint = RenderTrainer.create(cfg).fit()
+    sets = (load_packed(chips["train"]), load_packed(chips["dev"]))
+    checkpoint = RenderTrainer.create(cfg, *sets).fit()
     if args.slim is not None:
         args.slim.mkdir(parents=True, exist_ok=True)
         write_slim(checkpoint, args.slim / SLIM)

@@ -61,23 +61,29 @@ class RenderTrainConfig(TrainConfig):
     generator: RenderConfig = field(default_factory=RenderConfig)
 
 
-def arcface_grid(batch: int, device: torch.device) -> torch.Tensor:
-    """Sampling grid (N, 112, 112, 2) that warps a dlib 150 chip into ArcFace 112 geometry."""
+def arcface_grid(device: torch.device) -> torch.Tensor:
+    """Sampling grid (1, 112, 112, 2) that warps a dlib 150 chip into ArcFace 112 geometry."""
     to_dlib = similarity_transform(ARCFACE_112.points, DLIB_150.points)
     ys, xs = np.mgrid[0:112, 0:112].astype(np.float64)
     src = np.stack([xs, ys, np.ones_like(xs)], -1) @ to_dlib.T  # (112, 112, 2) dlib px
     grid = torch.tensor((src + 0.5) / 150 * 2 - 1, dtype=torch.float32, device=device)
-    return grid[None].expand(batch, -1, -1, -1)
+    return grid[None]
 
 
 class RenderTrainer(Trainer):
     """1.0.0's trainer with the re-rendering generator, two recognizers and a critic."""
 
     @classmethod
-    def create(cls, cfg: RenderTrainConfig) -> RenderTrainer:
-        """Fit the rotation basis on the training set and build fresh models."""
+    def create(
+        cls, cfg: RenderTrainConfig, train: ChipSet | None = None, devset: ChipSet | None = None
+    ) -> RenderTrainer:
+        """Fit the rotation basis on the training set and build fresh models.
+
+        The chip sets are read from the config's paths unless the caller already holds them.
+        """
         torch.manual_seed(cfg.seed)
-        train, devset = ChipSet.load(cfg.train_chips), ChipSet.load(cfg.dev_chips)
+        train = train if train is not None else ChipSet.load(cfg.train_chips)
+        devset = devset if devset is not None else ChipSet.load(cfg.dev_chips)
         basis = RotationBasis.fit(train.z)
         recognizer = dlib_port_from_onnx(asset_path(SYSTEM_RECOGNIZER))
         self = cls.around(
@@ -90,16 +96,17 @@ class RenderTrainer(Trainer):
         self.critic = PatchDiscriminator().to(self.dev)
         self.d_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.d_lr, betas=(0.5, 0.99))
         self.g_steps = 0
+        self.arc_grid = arcface_grid(self.dev)
         return self
 
     # -- embeddings -----------------------------------------------------------------
     def sface_embed(self, bgr: torch.Tensor, train: bool) -> torch.Tensor:
         """SFace embedding of BGR dlib chips (N, 3, 150, 150) 0..255, augmented while training."""
         x = augment(bgr, self.gen_aug) if train else bgr
+        grid = self.arc_grid.expand(len(x), -1, -1, -1)  # (N, 112, 112, 2)
         rgb = F.grid_sample(
-            x.flip(1), arcface_grid(len(x), self.dev), mode="bilinear", padding_mode="border",
-            align_corners=False,
-        )  # fmt: skip
+            x.flip(1), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
         return F.normalize(self.sface(rgb), dim=1)
 
     @staticmethod
