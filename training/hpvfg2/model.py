@@ -35,7 +35,7 @@ class RenderConfig:
     work: int = 96  # working resolution of the re-rendered face
     structure: int = 12  # side of the low-pass luminance map that carries pose/expression
     # Channels at full working resolution, doubled per level. The full-resolution layers
-    # dominate the edge cost: 57 ms per face at 16 against 184 ms at 32 (ONNX, one thread).
+    # dominate the edge cost: 21 ms per face at 16 against 57 ms at 32 (benchmarks/render_cost.py).
     base: int = 16
     levels: int = 4  # down-sampling levels of the U-Net (work must divide by 2**levels)
     style: int = 256  # width of the identity style vector
