@@ -18,7 +18,10 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
         default=env("KFAAR_SERVER", f"127.0.0.1:{env('KFAAR_PORT', '50051')}"),
-        help="host:port ($KFAAR_SERVER, else 127.0.0.1:$KFAAR_PORT)",
+        help="host:port, a list host1:port,host2:port or dns:///name:port; calls are "
+        "spread round-robin over the replicas that report SERVING. With TLS, every "
+        "replica's certificate must name the first hostname given ($KFAAR_SERVER, else "
+        "127.0.0.1:$KFAAR_PORT)",
     )
     p.add_argument("--ca", type=Path, default=env("KFAAR_TLS_CA"), help="$KFAAR_TLS_CA")
     p.add_argument(
@@ -29,22 +32,63 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def connect(args: argparse.Namespace):
-    """Open a channel: plaintext without --ca, TLS with it, mTLS with --cert and --key."""
-    import grpc
+def _credentials(args: argparse.Namespace):
+    """Return TLS credentials from --ca, --cert and --key (None: plaintext)."""
+    from auth_service.targets import credentials
 
     for name in ("ca", "cert", "key"):
         path = getattr(args, name)
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"--{name}: no file at {path}")
-    if args.ca is None:
-        return grpc.insecure_channel(args.server)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=Path(args.ca).read_bytes(),
-        private_key=Path(args.key).read_bytes() if args.key else None,
-        certificate_chain=Path(args.cert).read_bytes() if args.cert else None,
-    )
-    return grpc.secure_channel(args.server, creds)
+    return credentials(args.ca, args.cert, args.key)
+
+
+def connect(args: argparse.Namespace):
+    """Open a channel over every replica --server names: plaintext without --ca, else TLS."""
+    from auth_service.targets import channel_options, dial, resolve_target
+
+    creds = _credentials(args)
+    target = resolve_target(args.server)  # a malformed --server raises ValueError: exit 2
+    return dial(target.target, creds, channel_options(target))
+
+
+def check_health(args: argparse.Namespace) -> int:
+    """Ask each replica --server names for its health; print one line each; 0 if all serve."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from auth_service.targets import channel_options, dial, replica_targets
+
+    creds = _credentials(args)
+    replicas = replica_targets(args.server)
+    if not replicas:
+        raise ValueError(f"--server {args.server}: the name resolves to no address")
+    single = len(replicas) == 1 and "," not in args.server
+
+    def check(target) -> tuple[bool, str, bool]:
+        """Return (serving, the line to print, whether it is an error)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        label = args.server if single else target.target.partition(":")[2]
+        # One address per channel and no balancing: this asks that replica, nobody else.
+        with dial(target.target, creds, channel_options(target, balanced=False)) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=args.timeout
+                )
+            except grpc.RpcError as exc:
+                return False, f"{label}: not healthy: {exc.code().name}: {exc.details()}", True
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{label}: {status}", False
+
+    with ThreadPoolExecutor(max_workers=min(16, len(replicas))) as pool:
+        results = list(pool.map(check, replicas))  # in parallel: one --timeout for all
+    for _, line, error in results:
+        (sys.stderr if error else sys.stdout).write(line + "\n")
+    serving = sum(ok for ok, _, _ in results)
+    if not single:
+        sys.stdout.write(f"{serving} of {len(results)} replicas serving\n")
+    return 0 if serving == len(results) else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auth_service.admin_cli import add_connection_args, connect
+from auth_service.admin_cli import add_connection_args, check_health
 from auth_service.admin_cli import env as _env
 from auth_service.admin_cli import register as register_admin
+from auth_service.db_cli import register as register_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +78,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 1000000)",
     )
     p.add_argument(
+        "--index-backend",
+        choices=("memory", "milvus"),
+        default=_env("KFAAR_INDEX_BACKEND", "memory"),
+        help="where the 1:N index lives: in this process, or in a Milvus collection shared "
+        "by all replicas ($KFAAR_INDEX_BACKEND; default memory)",
+    )
+    p.add_argument(
+        "--milvus-uri",
+        default=_env("KFAAR_MILVUS_URI"),
+        help="with --index-backend milvus: a local Milvus Lite file FILE.db, or "
+        "http://HOST:19530 ($KFAAR_MILVUS_URI)",
+    )
+    p.add_argument(
+        "--db-pool",
+        default=_env("KFAAR_DB_POOL", "2,16"),
+        metavar="MIN,MAX",
+        help="PostgreSQL connections this replica keeps open and may open at most "
+        "($KFAAR_DB_POOL; default 2,16)",
+    )
+    p.add_argument(
+        "--db-timeout",
+        type=float,
+        default=_env("KFAAR_DB_TIMEOUT_S", "5"),  # a string default goes through type
+        help="seconds a call waits for a PostgreSQL connection, and a statement may run, "
+        "before the caller gets UNAVAILABLE ($KFAAR_DB_TIMEOUT_S; default 5)",
+    )
+    p.add_argument(
+        "--sync-poll",
+        type=float,
+        default=_env("KFAAR_SYNC_POLL_S", "1"),
+        help="seconds between reads of the change log that keeps this replica's 1:N index "
+        "in step with other replicas, when no notification arrives ($KFAAR_SYNC_POLL_S; "
+        "default 1)",
+    )
+    p.add_argument(
         "--idempotency-ttl",
         type=float,
         default=_env("KFAAR_IDEMPOTENCY_TTL_S", "86400"),  # a string default goes through type
@@ -96,20 +132,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     h.set_defaults(handler=_health)
     register_admin(sub)  # kfaar admin: scoped devices and tokens
+    register_db(sub)  # kfaar db migrate
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from auth_service.db_cli import check_db_url, redact
     from auth_service.index import IndexConfig
+    from auth_service.index_sync import SyncConfig
     from auth_service.ratelimit import GuessBudgets
     from auth_service.server import ServerConfig, TLSFiles, serve_forever
     from auth_service.servicer import Policy
+    from auth_service.store import StoreError
     from edge_agent.hpvfg import Bundle
 
     if not args.idempotency_ttl > 0:
         raise ValueError("--idempotency-ttl must be a positive number of seconds")
     if args.ann_min_templates < 1:
         raise ValueError("--ann-min-templates must be at least 1")
+    if args.index_backend == "milvus":
+        from auth_service.index_milvus import check_uri
+
+        check_uri(args.milvus_uri)  # none, a malformed one, or no pymilvus: a clear ValueError
     guess = GuessBudgets.parse(args.guess_budgets)  # a bad value raises a clear ValueError
+    if not args.db_timeout > 0:
+        raise ValueError("--db-timeout must be a positive number of seconds")
+    pool = _pool(args.db_pool, args.db_timeout) if args.db_url else None
+    secrets = check_db_url(args.db_url) if args.db_url else ()
+    if not args.sync_poll > 0:
+        raise ValueError("--sync-poll must be a positive number of seconds")
     if args.insecure == bool(args.tls_cert):
         raise ValueError("give --tls-cert and --tls-key, or --insecure for loopback")
     if args.insecure and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -128,27 +178,33 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=token,
         metrics_port=args.metrics_port,
         db_url=args.db_url,
-        index=IndexConfig(ann_min_templates=args.ann_min_templates),
+        index=IndexConfig(
+            ann_min_templates=args.ann_min_templates,
+            backend=args.index_backend,
+            milvus_uri=args.milvus_uri,
+        ),
         idempotency_ttl_s=args.idempotency_ttl,
         guess=guess,
+        pool=pool,
+        sync=SyncConfig(poll_s=args.sync_poll),
     )
-    serve_forever(cfg)
+    try:
+        serve_forever(cfg)
+    except StoreError as exc:  # unreachable database, bad URL: a message, not a traceback
+        raise ValueError(redact(str(exc), secrets)) from None
     return 0
 
 
+def _pool(spec: str, timeout_s: float):
+    """Parse ``MIN,MAX`` and a timeout into the PostgreSQL pool's settings."""
+    from auth_service.store_postgres import PoolConfig
+
+    try:
+        low, high = (int(x) for x in spec.split(","))
+        return PoolConfig(low, high, timeout_s, int(timeout_s * 1000))
+    except ValueError as exc:
+        raise ValueError(f"--db-pool {spec!r}: want MIN,MAX with 1 <= MIN <= MAX ({exc})") from None
+
+
 def _health(args: argparse.Namespace) -> int:
-    import sys
-
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with connect(args) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
-        except grpc.RpcError as exc:
-            sys.stderr.write(f"{args.server}: not healthy: {exc.code().name}: {exc.details()}\n")
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    sys.stdout.write(f"{args.server}: {status}\n")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return check_health(args)  # each replica of a list or dns: name, one line each

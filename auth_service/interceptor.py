@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import hmac
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -30,7 +31,7 @@ from auth_service.authz import (
     authorize,
 )
 from auth_service.proof import NonceCache, ProofError, StoredNonces, verify
-from auth_service.store import TemplateStore
+from auth_service.store import StoreUnavailable, TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = details.method
         if handler is None or not method.startswith((AUTH_SERVICE, ADMIN_SERVICE)):
             return handler  # health checks and reflection stay open
-        grant = self._grant(details.invocation_metadata)
+        try:
+            grant = self._grant(details.invocation_metadata)
+        except StoreUnavailable as exc:
+            return _refuse(handler, grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
         role = None if grant is None else "admin" if grant.admin else "app"
         if role is None or (method.startswith(ADMIN_SERVICE) and role != "admin"):
             why = "missing or unknown token" if role is None else "admin token required"
@@ -110,6 +114,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         verifier = self.verifier if method.startswith(AUTH_SERVICE) else None
 
         def checked(request: Message, context: grpc.ServicerContext):
+            try:
+                return authorized(request, context)
+            except StoreUnavailable as exc:  # retry later: nothing was written
+                context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
+
+        def authorized(request: Message, context: grpc.ServicerContext):
             if verifier is not None:
                 try:
                     device, scope = verifier.check_device(method, request)
@@ -148,8 +158,21 @@ def _with_role(handler, role: str, grant: Grant):
     def run(request_iterator, context: grpc.ServicerContext):
         CALLER_ROLE.set(role)
         GRANT.set(grant)
-        yield from inner(request_iterator, context)
+        try:
+            yield from inner(request_iterator, context)
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
 
     return grpc.stream_stream_rpc_method_handler(
         run, handler.request_deserializer, handler.response_serializer
     )
+
+
+_warned_at = [float("-inf")]
+
+
+def _unavailable(exc: StoreUnavailable) -> str:
+    if time.monotonic() - _warned_at[0] >= 10:  # one line per outage, not one per call
+        _warned_at[0] = time.monotonic()
+        log.warning("store unavailable: %s", exc)
+    return "the template store is unavailable; retry with the same idempotency key"

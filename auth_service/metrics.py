@@ -42,6 +42,12 @@ class Metrics:
             ["budget"], registry=self.registry,
         )  # fmt: skip
 
+        # Seconds from a template write's commit on any replica to this replica's index.
+        self.sync_lag = Histogram(
+            "kfaar_index_sync_lag_seconds", "delay until another replica's write is searchable",
+            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )  # fmt: skip
+
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP."""
         start_http_server(port, addr=host, registry=self.registry)

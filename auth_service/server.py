@@ -9,6 +9,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
+from auth_service.index_sync import IndexFollower, SyncConfig
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
 from auth_service.metrics import Metrics, MetricsInterceptor
 from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
@@ -24,9 +26,13 @@ from auth_service.servicer import AdminServicer, AuthServicer, Policy
 from auth_service.store import SqliteStore, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
+if TYPE_CHECKING:
+    from auth_service.store_postgres import PoolConfig
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20  # 32 templates of 128 floats are 17 KB; nothing needs more
+MAX_CONNECTION_AGE_MS = 300_000
 
 
 @dataclass
@@ -52,6 +58,8 @@ class ServerConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     db_url: str | None = None  # postgresql://user@host:port/db (password: $PGPASSWORD)
     idempotency_ttl_s: float = DEFAULT_TTL_S  # how long a write's reply answers its retries
+    pool: PoolConfig | None = None  # PostgreSQL connection pool (None: defaults)
+    sync: SyncConfig = field(default_factory=SyncConfig)  # following other replicas' writes
 
 
 @dataclass
@@ -61,11 +69,13 @@ class Running:
     store: TemplateStore
     health: health.HealthServicer
     metrics: Metrics
+    follower: IndexFollower
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain: refuse new calls, let running ones finish for ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.follower.stop()
 
 
 def open_store(cfg: ServerConfig) -> TemplateStore:
@@ -73,7 +83,7 @@ def open_store(cfg: ServerConfig) -> TemplateStore:
     if cfg.db_url:
         from auth_service.store_postgres import PostgresStore
 
-        return PostgresStore(cfg.db_url)
+        return PostgresStore(cfg.db_url, cfg.pool)
     return SqliteStore(cfg.db)
 
 
@@ -90,6 +100,10 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Clients resolve a DNS name again only when a connection ends: closing each
+            # one after a while lets long-running cameras find replicas added since.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ],
     )
     auth = AuthServicer(
@@ -101,8 +115,19 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         cfg.index,
         idempotency_ttl_s=cfg.idempotency_ttl_s,
     )
+    # Changes committed after this point reach the indexes through the follower; the ones
+    # the loads below already saw are applied again, which is harmless.
+    follower = IndexFollower(
+        store,
+        auth.apply_change,
+        auth.reload_indexes,
+        store.change_seq(),
+        cfg.sync,
+        metrics.sync_lag.observe,
+    )
     for space in cfg.policy.thresholds:  # load (and for big galleries, build) before serving
         auth.index(space)
+    follower.start()
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     auth_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store), server)
     health_servicer = health.HealthServicer()
@@ -129,7 +154,7 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on %s:%d (%s)", cfg.host, port, "TLS" if cfg.tls else "plaintext")
     log.info("%s", cfg.policy.describe())
-    return Running(server, port, store, health_servicer, metrics)
+    return Running(server, port, store, health_servicer, metrics, follower)
 
 
 def serve_forever(cfg: ServerConfig, grace: float = 5.0) -> None:

@@ -23,7 +23,7 @@ from auth_service.authz import (
     subject_key,
 )
 from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache
-from auth_service.index import IndexConfig, TemplateIndex
+from auth_service.index import IndexConfig, SearchIndex, build_index
 from auth_service.interceptor import CALLER_ROLE, DeviceVerifier
 from auth_service.metrics import Metrics
 from auth_service.policy import (  # noqa: F401  (Policy and RequestError are imported from here)
@@ -69,20 +69,25 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         # use and then updated in step with it. The lock keeps each store write and its index
         # update together, so a concurrent load never sees one without the other.
         self.index_config = index_config or IndexConfig()
-        self._indexes: dict[tuple[int, str], TemplateIndex] = {}
+        self._indexes: dict[tuple[int, str], SearchIndex] = {}
         self._write_lock = threading.RLock()
         # Subjects written inside an idempotent write's transaction: their index update
         # waits for the commit, so a rolled-back write never reaches the index.
         self._deferred: set[str] | None = None
 
-    def index(self, space: int, scope: str = DEFAULT_SCOPE) -> TemplateIndex:
+    def index(self, space: int, scope: str = DEFAULT_SCOPE) -> SearchIndex:
         """Return the 1:N index of one embedding space and scope, loading it on first use."""
+        loaded = self._indexes.get((space, scope))  # no lock: Identify never waits on writes
+        if loaded is not None:
+            return loaded
         with self._write_lock:
             if (space, scope) not in self._indexes:
                 everyone = self.store.gallery(self.policy.model, space)
                 mine = [i for i, s in enumerate(everyone.subjects) if key_scope(s) == scope]
                 gallery = Gallery([everyone.subjects[i] for i in mine], everyone.vectors[mine])
-                index = TemplateIndex.from_gallery(gallery, self.index_config)
+                index = build_index(
+                    gallery, self.index_config, f"{self.policy.model}/{space}/{scope}"
+                )
                 self._indexes[(space, scope)] = index
             return self._indexes[(space, scope)]
 
@@ -96,6 +101,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     self._sync_index(subject)
                 else:
                     self._deferred.add(subject)
+
+    def apply_change(self, subject: str) -> None:
+        """Bring the loaded indexes in line with a subject another replica wrote."""
+        with self._write_lock:
+            self._sync_index(subject)
+
+    def reload_indexes(self) -> None:
+        """Reload every loaded index from the store (the change log had a gap)."""
+        with self._write_lock:
+            loaded = list(self._indexes)
+            self._indexes.clear()
+            for space, scope in loaded:
+                self.index(space, scope)
 
     def _sync_index(self, subject: str) -> None:
         """Make the loaded indexes hold exactly the subject's stored templates."""

@@ -8,6 +8,7 @@ forgets how much a device or subject has guessed, and replicas on one database s
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 # Schema additions, one migration each for SQLite and PostgreSQL (appended in store.py
@@ -35,25 +36,24 @@ NONCE_PURGE_EVERY_S = 60.0
 
 
 class GuardStore:
-    """Mixin over ``SqlStore``: needs ``db``, ``lock`` and ``_tx``."""
+    """Mixin over ``SqlStore``: needs ``_read`` and ``_tx``."""
 
-    db: Any
-    lock: Any
+    _read: Callable[[], AbstractContextManager[Any]]
     _tx: Callable
     _nonces_purged_at = float("-inf")
 
     def device(self, device_id: str) -> tuple[bytes, str] | None:
         """Return a registered device's verify key and scope."""
-        with self.lock:
-            row = self.db.execute(
+        with self._read() as db:
+            row = db.execute(
                 "SELECT verify_key, scope FROM devices WHERE device_id = ?", (device_id,)
             ).fetchone()
         return None if row is None else (bytes(row[0]), row[1])
 
     def token_grant(self, token_hash: bytes) -> tuple[str, str, list[str], list[str]] | None:
         """Return a token's app name, scope, devices and methods (empty lists: defaults)."""
-        with self.lock:
-            row = self.db.execute(
+        with self._read() as db:
+            row = db.execute(
                 "SELECT app_name, scope, devices, methods FROM app_tokens WHERE token_hash = ?",
                 (token_hash,),
             ).fetchone()
@@ -85,8 +85,8 @@ class GuardStore:
     def budgets(self, keys: list[str]) -> dict[str, tuple[float, float]]:
         """Return the stored (level, at) of the budget keys that have a row."""
         marks = ", ".join("?" * len(keys))
-        with self.lock:
-            rows = self.db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 f"SELECT budget_key, level, at FROM guess_budgets WHERE budget_key IN ({marks})",
                 tuple(keys),
             ).fetchall()
@@ -100,6 +100,7 @@ class GuardStore:
         """Read budget rows, let ``decide`` return (rows to write, result), write, in one tx."""
 
         def run(db: Any) -> object:
+            self._lock_budgets(db, keys)
             marks = ", ".join("?" * len(keys))
             rows = db.execute(
                 f"SELECT budget_key, level, at FROM guess_budgets WHERE budget_key IN ({marks})",
@@ -115,3 +116,6 @@ class GuardStore:
             return result
 
         return self._tx(run)
+
+    def _lock_budgets(self, db: Any, keys: list[str]) -> None:
+        """Serialize writers of these budgets (SQLite: its write lock already does)."""

@@ -1,17 +1,32 @@
 """The PostgreSQL template store: the same SQL as SQLite, for deployments that run a server.
 
 Embeddings are ``bytea`` (float32, little-endian), exactly as in SQLite: pgvector is not
-needed because 1:N search runs in the service's own index (auth_service/index.py).
+needed because 1:N search runs in the service's own index (auth_service/index.py). Any
+number of service replicas share one database through a connection pool each; their
+indexes follow each other's writes through the change log (auth_service/changelog.py).
+While the database is unreachable, calls fail with ``StoreUnavailable`` (gRPC
+UNAVAILABLE) and the pool reconnects by itself once it is back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from auth_service.store import SqlStore, StoreError
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from auth_service import changelog
+from auth_service.changelog import ChangeWaiter
+from auth_service.store import EMBED_DIM, Gallery, SqlStore, StoreError, StoreUnavailable
 from auth_service.store_guard import POSTGRES_MIGRATION
+
+log = logging.getLogger(__name__)
 
 # Each entry upgrades the schema by one version; never edit a released entry.
 MIGRATIONS = (
@@ -61,7 +76,30 @@ MIGRATIONS = (
     """,
     # 3: device and token scopes, spent nonces and guess budgets (see store_guard.py).
     POSTGRES_MIGRATION,
+    # 4: the change log that replicas' indexes follow (see changelog.py).
+    changelog.POSTGRES_MIGRATION,
 )
+GALLERY_BATCH = 20_000  # rows per fetch when a replica loads its gallery
+# Budget rows are locked by key in this advisory-lock namespace ("kf"); the migration
+# lock uses the one-number form, which never conflicts with the two-number form.
+BUDGET_LOCK_CLASS = 0x6B66
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How a replica talks to PostgreSQL."""
+
+    min_size: int = 2  # connections kept open
+    max_size: int = 16  # at most this many at once (one per busy gRPC worker)
+    acquire_timeout_s: float = 5.0  # waiting longer for a connection: UNAVAILABLE
+    statement_timeout_ms: int = 5_000  # a statement running longer is cancelled
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_size <= self.max_size:
+            raise ValueError("the pool needs 1 <= min size <= max size")
+        if self.acquire_timeout_s <= 0 or self.statement_timeout_ms <= 0:
+            raise ValueError("pool timeouts must be positive")
 
 
 class _Connection:
@@ -77,43 +115,175 @@ class _Connection:
         with self.conn.cursor() as cur:
             cur.executemany(sql.replace("?", "%s"), rows)
 
-    def close(self) -> None:
-        self.conn.close()
-
 
 class PostgresStore(SqlStore):
-    """PostgreSQL through psycopg 3; one connection guarded by a lock, like SQLite."""
+    """PostgreSQL through psycopg 3 and a connection pool; a thread's transaction owns one."""
 
-    def __init__(self, url: str) -> None:
-        import psycopg  # only deployments that use PostgreSQL need it
-
+    def __init__(self, url: str, pool: PoolConfig | None = None) -> None:
+        self.url, self.pool_config = url, pool or PoolConfig()
+        c = self.pool_config
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            # The message names host and database, never the password.
+            with psycopg.connect(url, autocommit=True, connect_timeout=c.connect_timeout_s) as conn:
+                _migrate(_Connection(conn))
+        except psycopg.Error as exc:  # unreachable, refused, or a URL libpq cannot parse
+            # Callers redact the message: libpq repeats a malformed URL, password and all.
             raise StoreError(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
-        self.db = _Connection(conn)
-        self.lock = threading.RLock()
-        self._migrate()
+        self.pool = ConnectionPool(
+            url,
+            min_size=c.min_size,
+            max_size=c.max_size,
+            timeout=c.acquire_timeout_s,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": c.connect_timeout_s,
+                "options": f"-c statement_timeout={c.statement_timeout_ms}",
+            },
+            # No check on every checkout (a round trip each, doubling the cost of a call):
+            # the first call that fails has the pool test and replace its idle connections.
+            reconnect_timeout=float("inf"),  # keep trying: the database comes back
+            name="kfaar",
+            open=False,
+        )
+        self.pool.open()
+        self._local = threading.local()  # the connection of this thread's transaction
+        self._checking = threading.Lock()
 
-    def _migrate(self) -> None:
-        with self.lock, self.db.conn.transaction():
-            # One service migrates at a time, even if several start together.
-            self.db.execute("SELECT pg_advisory_xact_lock(?)", (0x6B666161,))
-            self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
-            row = self.db.execute("SELECT version FROM schema_version").fetchone()
-            version = row[0] if row else 0
-            for script in MIGRATIONS[version:]:
-                self.db.conn.execute(script)
-            self.db.execute("DELETE FROM schema_version")
-            self.db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[_Connection]:
+        try:
+            with self.pool.connection() as conn:
+                yield _Connection(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop_dead_connections()
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}".strip()) from exc
+
+    def _drop_dead_connections(self) -> None:
+        """Test the idle connections and replace the dead ones (after a server restart)."""
+        if self._checking.acquire(blocking=False):  # one thread checks; the others go on
+            try:
+                self.pool.check()
+            except psycopg.Error:
+                pass  # still down: the pool keeps reconnecting in the background
+            finally:
+                self._checking.release()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[_Connection]:
+        db = getattr(self._local, "db", None)
+        if db is not None:  # inside this thread's transaction: see its own writes
+            yield db
+            return
+        with self._connection() as db:
+            yield db
+
+    def _tx(self, fn: Callable[[Any], object]) -> object:
+        db = getattr(self._local, "db", None)
+        if db is not None:  # nested (a write inside ``once``): a savepoint of the outer one
+            with db.conn.transaction():
+                return fn(db)
+        with self._connection() as db:
+            self._local.db = db
+            try:
+                with db.conn.transaction():
+                    return fn(db)
+            finally:
+                self._local.db = None
 
     @property
     def schema_version(self) -> int:
-        with self.lock:
-            return self.db.execute("SELECT version FROM schema_version").fetchone()[0]
+        with self._read() as db:
+            return db.execute("SELECT version FROM schema_version").fetchone()[0]
 
-    def _tx(self, fn: Callable[[Any], object]) -> object:
-        # Nested calls (a write inside ``once``) become savepoints of the enclosing one.
-        with self.lock, self.db.conn.transaction():
-            return fn(self.db)
+    def gallery(self, model: str, space: int) -> Gallery:
+        """Stream one gallery in batches, in binary (a million rows are 0.5 GB of vectors)."""
+        subjects: list[str] = []
+        chunks: list[bytes] = []
+        with self._connection() as db, db.conn.transaction():
+            db.execute("SET LOCAL statement_timeout = 0")  # longer than any one call
+            with db.conn.cursor(name="kfaar_gallery", binary=True) as cur:
+                cur.execute(
+                    "SELECT subject_id, vector FROM templates WHERE model = %s AND space = %s "
+                    "ORDER BY id",
+                    (model, space),
+                )
+                while rows := cur.fetchmany(GALLERY_BATCH):
+                    subjects.extend(s for s, _ in rows)
+                    chunks.append(b"".join(v for _, v in rows))
+        vectors = np.frombuffer(b"".join(chunks), np.float32).reshape(-1, EMBED_DIM)
+        return Gallery(subjects, vectors)
+
+    def _lock_budgets(self, db: Any, keys: list[str]) -> None:
+        # Replicas settle the same budgets concurrently; without a lock two of them read one
+        # level and both write it back, losing a charge. Locks are taken in key order, in
+        # one statement (select-list items run left to right), and free at commit.
+        ordered = sorted(set(keys))
+        items = ", ".join(
+            f"pg_advisory_xact_lock({BUDGET_LOCK_CLASS}, hashtext(?))" for _ in ordered
+        )
+        db.execute(f"SELECT {items}", tuple(ordered))
+
+    def _announce(self, db: Any, seq: int) -> None:
+        db.execute("SELECT pg_notify(?, ?)", (changelog.CHANNEL, str(seq)))
+
+    def change_waiter(self) -> ChangeWaiter:
+        return _Listener(self.url, self.pool_config.connect_timeout_s)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.pool.close()
+
+
+def _migrate(db: _Connection) -> None:
+    """Bring the schema up to date; one service migrates at a time, even if several start."""
+    with db.conn.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(?)", (0x6B666161,))
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        version = row[0] if row else 0
+        if version > len(MIGRATIONS):  # an older replica during a rolling upgrade
+            raise StoreError(
+                f"the database has schema version {version}, newer than this kfaar's "
+                f"{len(MIGRATIONS)}: run the newer kfaar"
+            )
+        if version == len(MIGRATIONS):
+            return
+        for script in MIGRATIONS[version:]:
+            db.conn.execute(script)
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+
+
+class _Listener(ChangeWaiter):
+    """LISTEN for announced changes on a connection of its own, reconnecting after outages."""
+
+    def __init__(self, url: str, connect_timeout_s: float) -> None:
+        super().__init__()
+        self.url, self.connect_timeout_s = url, connect_timeout_s
+        self.conn: psycopg.Connection | None = None
+
+    def wait(self, timeout_s: float) -> bool:
+        if self.closed.is_set():
+            return False
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=self.connect_timeout_s
+                )
+                self.conn.execute(f"LISTEN {changelog.CHANNEL}")
+                return True  # (re)connected: whatever was announced meanwhile is in the log
+            return any(True for _ in self.conn.notifies(timeout=timeout_s, stop_after=1))
+        except psycopg.Error as exc:
+            if self.closed.is_set():  # closed while waiting: the replica is stopping
+                return False
+            log.warning("change notifications unavailable (%s); polling the log", exc)
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            self.closed.wait(timeout_s)
+            return False
+
+    def close(self) -> None:
+        super().close()
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()

@@ -21,6 +21,7 @@ import grpc
 import nacl.signing
 from google.protobuf.message import Message
 
+from auth_service import targets
 from auth_service.proof import sign
 from edge_agent.outbox import (  # noqa: F401  (Outbox and OutboxFull are imported from here)
     QUEUEABLE,
@@ -38,7 +39,7 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 @dataclass
 class ClientConfig:
-    target: str  # host:port
+    target: str  # host:port, host1:port,host2:port or dns:///name:port (replicas)
     token: str  # app bearer token
     device_id: str
     ca: Path | None = None  # None: plaintext (loopback only)
@@ -55,17 +56,15 @@ def open_channel(
     ca: Path | None = None,
     cert: Path | None = None,
     key: Path | None = None,
-    options: list[tuple[str, int]] | None = None,
+    options: list[tuple[str, str | int]] | None = None,
 ) -> grpc.Channel:
-    """Open a channel: plaintext without ``ca``, TLS with it, mTLS with ``cert`` and ``key``."""
-    if ca is None:
-        return grpc.insecure_channel(target, options)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes(),
-        private_key=key.read_bytes() if key else None,
-        certificate_chain=cert.read_bytes() if cert else None,
-    )
-    return grpc.secure_channel(target, creds, options)
+    """Open a channel over every replica ``target`` names: plaintext without ``ca``, else TLS.
+
+    ``target`` is ``host:port``, a list ``host1:port,host2:port`` or ``dns:///name:port``
+    (auth_service/targets.py): calls are spread round-robin over the replicas that report
+    SERVING. mTLS with ``cert`` and ``key``. A malformed target raises ValueError.
+    """
+    return targets.open_channel(target, ca, cert, key, options)
 
 
 class AuthClient:
@@ -87,7 +86,9 @@ class AuthClient:
     def _channel(self) -> grpc.Channel:
         c = self.cfg
         # Reconnect quickly after an outage; calls wait for the channel within their deadline.
-        options = [
+        # Retries stay in ``call``, which re-signs each attempt: a gRPC-level retry would
+        # re-send a spent nonce, which every replica refuses (auth_service/targets.py).
+        options: list[tuple[str, str | int]] = [
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", int(c.backoff_max_s * 1000)),
         ]

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "authentication service.",
     )
     p.add_argument("--server", default=os.environ.get("KFAAR_SERVER", "127.0.0.1:50051"),
-                   help="service host:port ($KFAAR_SERVER)")  # fmt: skip
+                   help="service host:port, a list host1:port,host2:port or "
+                   "dns:///name:port, spread round-robin over the replicas that report "
+                   "SERVING ($KFAAR_SERVER)")  # fmt: skip
     p.add_argument("--device-id", default=os.environ.get("KFAAR_DEVICE_ID", socket.gethostname()),
                    help="this device's registered id ($KFAAR_DEVICE_ID)")  # fmt: skip
     p.add_argument("--ca", type=Path, default=_env_path("KFAAR_TLS_CA"),

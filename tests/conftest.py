@@ -60,58 +60,20 @@ def splits_dir(data_dir: Path) -> Path:
     return _require(data_dir / "splits", "splits folder")
 
 
-def _postgres_bin(name: str) -> str | None:
-    import glob
-    import shutil
-
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
-    return found if isinstance(found, str) else (found[0] if found else None)
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """Start a throwaway PostgreSQL server on a free loopback port; yield its base URL."""
-    import pwd
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
+    from pg_kit import PostgresServer
 
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    # PostgreSQL refuses to run as root: there, run it as its own system user, in a folder
-    # that user owns (pytest's tmp folders are private to root).
-    root = Path(tempfile.mkdtemp(prefix="kfaar-pg-"))
-    run_as = []
-    if os.geteuid() == 0:
-        run_as = ["runuser", "-u", "postgres", "--"]
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    subprocess.run(
-        [*run_as, initdb, "-D", str(data), "-A", "trust", "-U", "kfaar", "--no-sync"],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*run_as, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
     try:
-        yield f"postgresql://kfaar@127.0.0.1:{port}"
+        server = PostgresServer()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server.url
     finally:
-        subprocess.run(
-            [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import nacl.signing
 import numpy as np
+from google.protobuf.message import Message
 
 from auth_service.servicer import Policy
 from edge_agent.client import AuthClient, ClientConfig, Outbox
@@ -62,16 +63,24 @@ class FaultReport:
 class Server:
     """``kfaar serve`` in a subprocess on a fixed loopback port, killable and restartable."""
 
-    def __init__(self, workdir: Path, port: int, pythonpath: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        pythonpath: str | None = None,
+        args: tuple[str, ...] = (),  # more ``kfaar serve`` flags, e.g. --db-url
+        name: str = "serve",
+    ) -> None:
         self.workdir, self.port, self.pythonpath = workdir, port, pythonpath
+        self.args, self.name = args, name
         (workdir / "admin-token").write_text(ADMIN)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "edge_agent.cli", "serve", "--insecure", "--port",
                str(self.port), "--db", str(self.workdir / "kfaar.db"),
-               "--admin-token-file", str(self.workdir / "admin-token")]  # fmt: skip
-        log = open(self.workdir / "serve.log", "a")  # noqa: SIM115  (kept by the process)
+               "--admin-token-file", str(self.workdir / "admin-token"), *self.args]  # fmt: skip
+        log = open(self.workdir / f"{self.name}.log", "a")  # noqa: SIM115  (kept by the process)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         if self.pythonpath:  # another version of the service, e.g. a baseline checkout
             env["PYTHONPATH"] = self.pythonpath
@@ -97,8 +106,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _register(port: int, device: str, key: nacl.signing.SigningKey) -> str:
-    """Register a device and return an app token for it that may write."""
+def register(
+    port: int,
+    device: str,
+    key: nacl.signing.SigningKey,
+    methods: tuple[str, ...] = ("Enroll", "Rekey", "Revoke"),
+) -> str:
+    """Register a device and return an app token for it that may call ``methods``."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         admin = auth_pb2_grpc.AdminServiceStub(channel)
         meta = (("authorization", f"Bearer {ADMIN}"),)
@@ -107,38 +121,48 @@ def _register(port: int, device: str, key: nacl.signing.SigningKey) -> str:
             auth_pb2.RegisterDeviceRequest(device_id=device, verify_key=vk), metadata=meta
         )
         req = auth_pb2.CreateAppTokenRequest(
-            app_name=f"writer-{device}", device_ids=[device], methods=["Enroll", "Rekey", "Revoke"]
+            app_name=f"writer-{device}", device_ids=[device], methods=list(methods)
         )
         return admin.CreateAppToken(req, metadata=meta).token
 
 
 def plan(rng: random.Random, n: int, subjects: list[str], model: str, space: int):
     """Return n valid writes in order and the state they leave: {subject: (k, 128) array}."""
+    state: dict[str, list[np.ndarray]] = {}
+    writes = [next_write(rng, state, subjects, model, space) for _ in range(n)]
+    return writes, {s: np.array(v, np.float32).reshape(-1, 128) for s, v in state.items()}
+
+
+def next_write(
+    rng: random.Random,
+    state: dict[str, list[np.ndarray]],
+    subjects: list[str],
+    model: str,
+    space: int,
+    subject: str | None = None,
+) -> tuple[str, Message]:
+    """Return one valid random write (kind, request) and apply it to ``state``."""  # fmt: skip
     name, version = model.split("/")
     tag = common_pb2.ModelVersion(name=name, version=version)
-    state: dict[str, list[np.ndarray]] = {}
-    writes = []
-    for _ in range(n):
-        subject = rng.choice(subjects)
-        held = state.get(subject, [])
-        kinds = ["Enroll"] * (len(held) < MAX_HELD) + ["Rekey", "Revoke"] * bool(held)
-        kind = rng.choice(kinds)
-        vecs = [np.random.default_rng(rng.getrandbits(64)).standard_normal(128).astype(np.float32)
-                for _ in range(rng.randint(1, 2))]  # fmt: skip
-        sent = [v / float(np.linalg.norm(v)) for v in vecs]
-        unit = [v / float(np.linalg.norm(v)) for v in sent]  # what the service stores
-        templates = [common_pb2.Embedding(values=v.tolist(), space=space, model=tag) for v in sent]
-        if kind == "Enroll":
-            state[subject] = held + unit
-            req = auth_pb2.EnrollRequest(subject_id=subject, templates=templates)
-        elif kind == "Rekey":
-            state[subject] = unit
-            req = auth_pb2.RekeyRequest(subject_id=subject, templates=templates)
-        else:
-            state[subject] = []
-            req = auth_pb2.RevokeRequest(subject_id=subject)
-        writes.append((kind, req))
-    return writes, {s: np.array(v, np.float32).reshape(-1, 128) for s, v in state.items()}
+    subject = subject or rng.choice(subjects)
+    held = state.get(subject, [])
+    kinds = ["Enroll"] * (len(held) < MAX_HELD) + ["Rekey", "Revoke"] * bool(held)
+    kind = rng.choice(kinds)
+    vecs = [np.random.default_rng(rng.getrandbits(64)).standard_normal(128).astype(np.float32)
+            for _ in range(rng.randint(1, 2))]  # fmt: skip
+    sent = [v / float(np.linalg.norm(v)) for v in vecs]
+    unit = [v / float(np.linalg.norm(v)) for v in sent]  # what the service stores
+    templates = [common_pb2.Embedding(values=v.tolist(), space=space, model=tag) for v in sent]
+    if kind == "Enroll":
+        state[subject] = held + unit
+        req = auth_pb2.EnrollRequest(subject_id=subject, templates=templates)
+    elif kind == "Rekey":
+        state[subject] = unit
+        req = auth_pb2.RekeyRequest(subject_id=subject, templates=templates)
+    else:
+        state[subject] = []
+        req = auth_pb2.RevokeRequest(subject_id=subject)
+    return kind, req
 
 
 def _compare(db: Path, expected: dict[str, np.ndarray], report: FaultReport) -> None:
@@ -191,7 +215,7 @@ def run(
         names = [f"{device}-s{i}" for i in range(subjects)]
         todo, state = plan(rng, writes // devices + (d < writes % devices), names, policy.model,
                            space)  # fmt: skip
-        token = _register(server.port, device, key)
+        token = register(server.port, device, key)
         cfg = ClientConfig(f"127.0.0.1:{server.port}", token, device, deadline_s=2.0, attempts=1,
                            backoff_s=0.05, backoff_max_s=0.3)  # fmt: skip
         client = AuthClient(cfg, key, Outbox(workdir / f"outbox-{device}.db"))

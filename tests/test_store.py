@@ -145,9 +145,11 @@ def test_two_replicas_racing_on_one_key_apply_the_write_once(postgres_url: str) 
 
     def serve(store: SqlStore, n: int) -> None:
         def enroll() -> bytes:
-            store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
-            if not both_inside.broken:  # both replicas run the write, uncommitted, at once
+            # Both replicas have found the key free and start the write at once (the change
+            # log's counter then makes one wait for the other's commit).
+            if not both_inside.broken:
                 both_inside.wait()
+            store.enroll("s-a", "hpvfg/1.0.0", VIRTUAL, _unit(1, 0))
             return b"reply-%d" % n
 
         replies.append(store.once(**claim, run=enroll, ttl_s=60))

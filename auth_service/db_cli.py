@@ -1,0 +1,120 @@
+"""``kfaar db migrate``: bring the store's schema up to date as its own step, before a rollout.
+
+Opening a store migrates it (auth_service/store.py, store_postgres.py), so this command
+opens the store named by --db or --db-url, prints the schema version and exits. Replicas
+migrate on start as well, under a PostgreSQL advisory lock, so a migration Job that races
+them is safe; running it first makes a failed migration a failed Job, not crash loops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from auth_service.admin_cli import env
+
+_USERINFO_SECRET = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")  # postgresql://user:SECRET@host
+_KEYWORD_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "db",
+        help="database maintenance: schema migrations",
+        description="Maintain the template store kfaar serve uses: SQLite (--db) or "
+        "PostgreSQL (--db-url).",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = actions.add_parser(
+        "migrate",
+        help="apply pending schema migrations, print the schema version",
+        description="Open the store, which applies every pending schema migration, and "
+        "print the schema version. Safe to repeat and to run while "
+        "replicas start: they take the same PostgreSQL advisory lock, so one migrates and "
+        "the others find the schema current. Exit 0 when the schema is current, 2 with a "
+        "message (never the password) when the database cannot be opened.",
+    )
+    m.add_argument(
+        "--db",
+        type=Path,
+        default=Path(env("KFAAR_DB", "kfaar.db")),
+        help="the SQLite file, used unless --db-url is given ($KFAAR_DB; default kfaar.db)",
+    )
+    m.add_argument(
+        "--db-url",
+        default=env("KFAAR_DB_URL"),
+        help="PostgreSQL: postgresql://USER@HOST:PORT/DB, password from $PGPASSWORD or "
+        "~/.pgpass rather than in the URL ($KFAAR_DB_URL)",
+    )
+    m.set_defaults(handler=_migrate)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Replace passwords in ``text`` (URL userinfo, ``password=``, known ones) with ***."""
+    text = _KEYWORD_SECRET.sub(r"\1***", _USERINFO_SECRET.sub(r"\1***@", text))
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text
+
+
+def check_db_url(url: str) -> tuple[str, ...]:
+    """Check that ``url`` is a PostgreSQL URL or conninfo; return its passwords, to redact."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        scheme = url.split("://", 1)[0]
+        raise ValueError(f"--db-url: expected postgresql://USER@HOST:PORT/DB, not {scheme}://")
+    # A URL's userinfo may hold a password that libpq echoes in its parse errors.
+    secrets = tuple(s for s in (_url_password(url),) if s)
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        why = redact(str(exc).strip(), secrets)
+        raise ValueError(f"--db-url: not a valid PostgreSQL URL: {why}") from None
+    password = params.get("password")
+    secrets += (str(password),) if password else ()
+    port = str(params.get("port") or "5432")
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ValueError(f"--db-url: the port must be a number 1-65535, not {port!r}")
+    return secrets
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # a malformed netloc: the regex redaction still covers it
+        return None
+    return unquote(password) if password else None
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from auth_service.store import SqliteStore
+
+    if args.db_url:
+        try:
+            from auth_service.store_postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"--db-url needs kfaar[postgres] ({exc.name} is missing)") from None
+        secrets = check_db_url(args.db_url)
+        where = redact(args.db_url, secrets)
+        try:
+            store = PostgresStore(args.db_url)
+        except Exception as exc:  # psycopg and the store word it; the password must not show
+            why = redact(str(exc).strip(), secrets)
+            raise ValueError(f"cannot migrate {where}: {why}") from None
+    else:
+        if not args.db.parent.is_dir():
+            raise FileNotFoundError(f"--db: no folder {args.db.parent} for {args.db.name}")
+        where = f"sqlite:{args.db}"
+        store = SqliteStore(args.db)
+    try:
+        version = store.schema_version
+    finally:
+        store.close()
+    sys.stdout.write(f"schema version {version}: {where}\n")
+    return 0
