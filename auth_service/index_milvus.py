@@ -27,7 +27,14 @@ import grpc
 import numpy as np
 
 from auth_service.index import IndexConfig
-from auth_service.milvus_conn import TIMEOUT_S, IndexUnavailable, check_uri, connect, why
+from auth_service.milvus_conn import (
+    TIMEOUT_S,
+    WRITE_TIMEOUT_S,
+    IndexUnavailable,
+    check_uri,
+    connect,
+    why,
+)
 from auth_service.store import EMBED_DIM, Gallery
 
 __all__ = ["IndexUnavailable", "MilvusIndex", "check_uri", "collection_name", "row_key"]
@@ -191,7 +198,8 @@ class MilvusIndex:
         for i in range(0, len(rows), WRITE_BATCH):
             batch = rows[i : i + WRITE_BATCH]
             self._call(
-                "upsert", lambda b=batch: self._client.upsert(self.collection, b, timeout=TIMEOUT_S)
+                "upsert",
+                lambda b=batch: self._client.upsert(self.collection, b, timeout=WRITE_TIMEOUT_S),
             )
 
     def _query(self, what: str, where: str, fields: list[str]) -> list[dict]:
@@ -210,7 +218,7 @@ class MilvusIndex:
         if keys:
             self._call(
                 "delete",
-                lambda: self._client.delete(self.collection, ids=keys, timeout=TIMEOUT_S),
+                lambda: self._client.delete(self.collection, ids=keys, timeout=WRITE_TIMEOUT_S),
             )
 
     def _digests(self) -> dict[str, str]:

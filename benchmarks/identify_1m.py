@@ -194,17 +194,25 @@ def main() -> None:
         ap.error(f"unknown backends: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
         args.milvus_uri = args.milvus_uri or str(Path(tmp) / "identify_1m.db")
-        results = {}
+        results, failed = {}, {}
         for backend in backends:
             t0 = time.perf_counter()
             # A fresh process per backend: its memory and threads are its own.
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                results[backend] = pool.submit(run, backend, args).result()
+                try:
+                    results[backend] = pool.submit(run, backend, args).result()
+                except Exception as exc:  # one backend failing must not lose the others
+                    failed[backend] = f"{type(exc).__name__}: {exc}"
             print(f"{backend}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            if backend in results:  # a row now, in case a later backend runs for hours
+                print(table(args, results, results[backend]["truth"]), file=sys.stderr)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{args.n:,} templates x 128, {datetime.date.today()}, {os.cpu_count()} CPUs")
     print(f"load average at the end (1, 5, 15 min): {load}\n")
-    print(table(args, results, next(iter(results.values()))["truth"]))
+    if results:
+        print(table(args, results, next(iter(results.values()))["truth"]))
+    for backend, why in failed.items():
+        print(f"\n{backend} failed: {why}")
 
 
 if __name__ == "__main__":
