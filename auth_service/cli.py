@@ -8,6 +8,7 @@ from pathlib import Path
 from auth_service.admin_cli import add_connection_args, check_health
 from auth_service.admin_cli import env as _env
 from auth_service.admin_cli import register as register_admin
+from auth_service.db_cli import add_store_args
 from auth_service.db_cli import register as register_db
 
 
@@ -20,13 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--port", type=int, default=int(_env("KFAAR_PORT", "50051")), help="$KFAAR_PORT")
     p.add_argument("--host", default=_env("KFAAR_HOST", "127.0.0.1"), help="$KFAAR_HOST")
-    p.add_argument("--db", type=Path, default=Path(_env("KFAAR_DB", "kfaar.db")), help="$KFAAR_DB")
-    p.add_argument(
-        "--db-url",
-        default=_env("KFAAR_DB_URL"),
-        help="PostgreSQL instead of SQLite: postgresql://USER@HOST:PORT/DB, password from "
-        "$PGPASSWORD or ~/.pgpass ($KFAAR_DB_URL)",
-    )
+    add_store_args(p)
     p.add_argument("--insecure", action="store_true", help="plaintext, for loopback only")
     p.add_argument("--tls-cert", type=Path, default=_env("KFAAR_TLS_CERT"), help="$KFAAR_TLS_CERT")
     p.add_argument("--tls-key", type=Path, default=_env("KFAAR_TLS_KEY"), help="$KFAAR_TLS_KEY")

@@ -37,19 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the others find the schema current. Exit 0 when the schema is current, 2 with a "
         "message (never the password) when the database cannot be opened.",
     )
-    m.add_argument(
+    add_store_args(m)
+    m.set_defaults(handler=_migrate)
+
+
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    """Add --db and --db-url: the template store, for kfaar serve and kfaar db."""
+    p.add_argument(
         "--db",
         type=Path,
         default=Path(env("KFAAR_DB", "kfaar.db")),
         help="the SQLite file, used unless --db-url is given ($KFAAR_DB; default kfaar.db)",
     )
-    m.add_argument(
+    p.add_argument(
         "--db-url",
         default=env("KFAAR_DB_URL"),
-        help="PostgreSQL: postgresql://USER@HOST:PORT/DB, password from $PGPASSWORD or "
-        "~/.pgpass rather than in the URL ($KFAAR_DB_URL)",
+        help="PostgreSQL instead of SQLite: postgresql://USER@HOST:PORT/DB, password from "
+        "$PGPASSWORD or ~/.pgpass rather than in the URL ($KFAAR_DB_URL)",
     )
-    m.set_defaults(handler=_migrate)
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

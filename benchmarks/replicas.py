@@ -33,7 +33,7 @@ import nacl.signing
 import numpy as np
 from fault_kit import ADMIN, Server, _free_port
 from pg_kit import PostgresServer
-from soak_kit import ROOMY
+from soak_kit import ROOMY, rss_mb
 
 from auth_service.interceptor import token_hash
 from auth_service.proof import sign
@@ -193,13 +193,6 @@ def former_load_s(url: str, model: str, space: int) -> float:
     return time.perf_counter() - t0
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="per load run (default 5)")
@@ -292,7 +285,7 @@ def main() -> int:
             t0 = time.perf_counter()
             server.start()
             took = time.perf_counter() - t0
-            rss = _rss_mb(server.proc.pid)
+            rss = rss_mb(server.proc.pid)
             server.stop()
             w(f"| {size:,} | {took:.1f} | {rss:.0f} | {rss / size * 1e6:.0f} | {now:.1f} | "
               f"{former:.1f} |\n")  # fmt: skip

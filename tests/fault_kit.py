@@ -172,16 +172,29 @@ def _compare(db: Path, expected: dict[str, np.ndarray], report: FaultReport) -> 
         (report.reply_rows,) = conn.execute("SELECT COUNT(*) FROM replies").fetchone()
     finally:
         conn.close()
+    report.duplicated, report.lost, report.reordered = diff_templates(rows, expected)
+
+
+def diff_templates(
+    rows: list[tuple[str, bytes]], expected: dict[str, np.ndarray]
+) -> tuple[int, int, list[str]]:
+    """Compare stored (subject, vector) rows with the expected (k, 128) templates per subject.
+
+    Returns the templates stored more often than expected, those missing, and the subjects
+    whose templates differ in any way (count, values or order).
+    """
     stored: dict[str, list[np.ndarray]] = {}
     for subject, blob in rows:
         stored.setdefault(subject, []).append(np.frombuffer(blob, np.float32))
+    duplicated, lost, differ = 0, 0, []
     for subject in sorted(set(stored) | set(expected)):
         got = np.array(stored.get(subject, []), np.float32).reshape(-1, 128)
         want = expected.get(subject, np.zeros((0, 128), np.float32))
-        report.duplicated += max(0, len(got) - len(want))
-        report.lost += max(0, len(want) - len(got))
+        duplicated += max(0, len(got) - len(want))
+        lost += max(0, len(want) - len(got))
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-6):
-            report.reordered.append(subject)
+            differ.append(subject)
+    return duplicated, lost, differ
 
 
 def run(

@@ -21,7 +21,7 @@ import grpc
 import nacl.signing
 import numpy as np
 import psycopg
-from fault_kit import Server, _free_port, next_write, register
+from fault_kit import Server, _free_port, diff_templates, next_write, register
 from pg_kit import PostgresServer
 
 from auth_service.servicer import Policy
@@ -72,7 +72,8 @@ class _Subject:
         self.acked_at = 0.0
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
+    """Return a process's resident memory in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -202,7 +203,7 @@ def run(
     next_kill, victim = started + kill_every_s, servers[-1]
     try:
         while (now := time.monotonic()) - started < seconds:
-            report.rss_mb.append((now - started, _rss_mb(servers[0].proc.pid)))
+            report.rss_mb.append((now - started, rss_mb(servers[0].proc.pid)))
             if progress is not None:
                 progress(now - started, report)
             if replicas > 1 and now >= next_kill:
@@ -233,14 +234,10 @@ def _compare(url: str, books: list[dict[str, _Subject]], report: SoakReport) -> 
     """Compare the stored templates with the acknowledged writes: none lost, none twice."""
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT subject_id, vector FROM templates ORDER BY id").fetchall()
-    stored: dict[str, list[np.ndarray]] = {}
-    for subject, blob in rows:
-        stored.setdefault(subject, []).append(np.frombuffer(blob, np.float32))
-    for book in books:
-        for subject, b in book.items():
-            got = np.array(stored.get(subject, []), np.float32).reshape(-1, 128)
-            want = np.array(b.vectors, np.float32).reshape(-1, 128)
-            report.duplicated += max(0, len(got) - len(want))
-            report.lost += max(0, len(want) - len(got))
-            if got.shape == want.shape and not np.allclose(got, want, atol=1e-6):
-                report.wrong.append(f"stored {subject} differs from its acknowledged writes")
+    expected = {
+        subject: np.array(b.vectors, np.float32).reshape(-1, 128)
+        for book in books
+        for subject, b in book.items()
+    }
+    report.duplicated, report.lost, differ = diff_templates(rows, expected)
+    report.wrong += [f"stored {s} differs from its acknowledged writes" for s in differ]
