@@ -10,6 +10,7 @@ from auth_service.admin_cli import env as _env
 from auth_service.admin_cli import register as register_admin
 from auth_service.db_cli import add_store_args
 from auth_service.db_cli import register as register_db
+from auth_service.shortlist import ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,9 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ann-min-templates",
         type=int,
-        default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "1000000")),
-        help="1:N search uses an HNSW shortlist with exact re-scoring from this many "
-        "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 1000000)",
+        default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "100000")),
+        help="1:N search uses an approximate shortlist with exact re-scoring from this many "
+        "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 100000)",
+    )
+    p.add_argument(
+        "--ann",
+        choices=ENGINES,
+        default=_env("KFAAR_ANN", "ivf"),
+        help="the shortlist engine: FAISS inverted lists or a usearch HNSW graph "
+        "($KFAAR_ANN; default ivf)",
     )
     p.add_argument(
         "--index-backend",
@@ -175,6 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
         db_url=args.db_url,
         index=IndexConfig(
             ann_min_templates=args.ann_min_templates,
+            ann=args.ann,
             backend=args.index_backend,
             milvus_uri=args.milvus_uri,
         ),

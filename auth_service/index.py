@@ -1,9 +1,10 @@
-"""The 1:N index: exact search for small galleries, an HNSW shortlist re-scored exactly above."""
+"""The 1:N index: exact search for small galleries, above them a shortlist re-scored exactly."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from auth_service.shortlist import ENGINES, HnswShortlist, IvfShortlist, Shortlist
 from auth_service.store import EMBED_DIM, Gallery
 
 log = logging.getLogger(__name__)
@@ -20,17 +22,21 @@ BACKENDS = ("memory", "milvus")
 
 @dataclass(frozen=True)
 class IndexConfig:
-    # Exact search costs 1.3 ms at 100k templates and 5.2 ms at 300k on a 2-core CPU, and
-    # never misses; the graph is 3x faster at 300k but misses the exact top subject in 2-3%
-    # of searches there (benchmarks/identify_index.py). So exact search up to a million.
-    ann_min_templates: int = 1_000_000
-    shortlist: int = 128  # templates taken from the graph, then re-scored exactly
-    # Search breadth: at 300k templates ef 128 missed the exact top subject in 11% of
+    # Exact search never misses and needs no build, but at 100k templates it costs 4.3 ms
+    # of a core per search, the IVF shortlist 0.4 ms with the same top subject in 500 of
+    # 500 searches (benchmarks/identify_index.py). So a shortlist from 100k templates on.
+    ann_min_templates: int = 100_000
+    ann: str = "ivf"  # the shortlist engine: "ivf" (FAISS) or "hnsw" (usearch)
+    shortlist: int = 128  # templates proposed by the engine, then re-scored exactly
+    nprobe: int | None = None  # IVF lists scanned per search; None: a 32nd of them
+    # HNSW search breadth: at 300k templates ef 128 missed the exact top subject in 11% of
     # searches, 512 in 2.4% at 1.7 ms (benchmarks/identify_index.py).
     ef_search: int = 512
     connectivity: int = 16
     ef_add: int = 128
-    rebuild_dead_fraction: float = 0.25  # rebuild the graph once this share is tombstones
+    build_threads: int = max(1, (os.cpu_count() or 2) // 2)  # leave cores for searches
+    rebuild_dead_fraction: float = 0.25  # compact and rebuild once this share is tombstones
+    rebuild_growth: float = 2.0  # retrain once the gallery is this many times its trained size
     # "memory": this process's own index (above); "milvus": a Milvus collection shared by
     # every replica (auth_service/index_milvus.py), at milvus_uri (FILE.db or http://HOST:PORT).
     backend: str = "memory"
@@ -43,6 +49,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"index backend {self.backend!r}: want one of {', '.join(BACKENDS)}")
+        if self.ann not in ENGINES:
+            raise ValueError(f"shortlist engine {self.ann!r}: want one of {', '.join(ENGINES)}")
 
 
 class SearchIndex(Protocol):
@@ -51,32 +59,39 @@ class SearchIndex(Protocol):
     def __len__(self) -> int: ...
 
     @property
-    def uses_graph(self) -> bool: ...
+    def uses_shortlist(self) -> bool: ...
 
     def add(self, subject: str, vectors: np.ndarray) -> None: ...
 
     def remove(self, subject: str) -> int: ...
+
+    def replace(self, subject: str, vectors: np.ndarray) -> None: ...
 
     def search(
         self, probe: np.ndarray, threshold: float, top_k: int
     ) -> list[tuple[float, str]]: ...
 
 
-def build_index(gallery: Gallery, config: IndexConfig, name: str) -> SearchIndex:
-    """Build the configured backend's index of ``gallery``; ``name`` is model/space/scope."""
+def build_index(gallery: Gallery, config: IndexConfig, name: str, wait: bool = True) -> SearchIndex:
+    """Build the configured backend's index of ``gallery``; ``name`` is model/space/scope.
+
+    ``wait=False`` returns an in-process index at once, searching exactly until its
+    shortlist is built in the background (about a minute at a million templates).
+    """
     if config.backend == "milvus":
         from auth_service.index_milvus import MilvusIndex  # pymilvus only when asked for
 
         return MilvusIndex.from_gallery(gallery, config, name)
-    return TemplateIndex.from_gallery(gallery, config)
+    return TemplateIndex.from_gallery(gallery, config, wait=wait)
 
 
 class TemplateIndex:
     """All templates of one model version and space, searchable by cosine.
 
     Rows are only appended; revoked rows become tombstones so that adds and removals stay
-    cheap, and the graph is rebuilt once too many rows are dead. The exact vectors are
-    always kept: the graph (half precision) only proposes, the exact score decides.
+    cheap, and rows are compacted once too many are dead. The exact vectors are always
+    kept: a shortlist engine only proposes rows, the exact score decides. Shortlists are
+    built in a background thread; searches stay exact (and correct) until one is ready.
     """
 
     def __init__(self, config: IndexConfig | None = None) -> None:
@@ -88,11 +103,19 @@ class TemplateIndex:
         self._subjects: list[str] = []
         self._alive = np.zeros(0, bool)
         self._rows_of: dict[str, list[int]] = {}
-        self._graph = None  # usearch.index.Index over live rows, or None for exact search
+        self._shortlist: Shortlist | None = None
+        self._trained_size = 0  # live rows when the shortlist was built
+        self._generation = 0  # bumped whenever row numbers change (compaction)
+        self._builder: threading.Thread | None = None
+        self._built = threading.Event()  # set whenever no build is running
+        self._built.set()
+        self._build_failed = False  # then wait for growth or compaction to try again
 
     @classmethod
-    def from_gallery(cls, gallery: Gallery, config: IndexConfig | None = None) -> TemplateIndex:
-        """Build an index from a store's gallery in one pass."""
+    def from_gallery(
+        cls, gallery: Gallery, config: IndexConfig | None = None, wait: bool = True
+    ) -> TemplateIndex:
+        """Build an index from a store's gallery in one pass; ``wait`` for its shortlist."""
         index = cls(config)
         n = len(gallery.subjects)
         index._grow(n + max(1024, n // 4))  # headroom: the next enrollments copy nothing
@@ -101,74 +124,155 @@ class TemplateIndex:
         index._subjects = list(gallery.subjects)
         index._n = index._live = n
         index._map_rows()
-        if n >= index.config.ann_min_templates:
-            index._build_graph()
+        with index._lock:
+            index._plan_shortlist()
+        if wait:
+            index.wait_for_shortlist()
         return index
 
     def __len__(self) -> int:
         return self._live
 
     @property
-    def uses_graph(self) -> bool:
-        return self._graph is not None
+    def uses_shortlist(self) -> bool:
+        """Whether searches go through an approximate shortlist (else exact)."""
+        return self._shortlist is not None
+
+    def wait_for_shortlist(self, timeout: float | None = None) -> bool:
+        """Wait until no shortlist build is running; return False on timeout."""
+        return self._built.wait(timeout)
 
     def set_ef_search(self, ef: int) -> None:
-        """Change the graph's search breadth (recall against speed) without a rebuild."""
+        """Change the HNSW search breadth (recall against speed) without a rebuild."""
         with self._lock:
             self.config = dataclasses.replace(self.config, ef_search=ef)
-            if self._graph is not None:
-                self._graph.expansion_search = ef
+            if isinstance(self._shortlist, HnswShortlist):
+                self._shortlist.set_ef_search(ef)
 
     def add(self, subject: str, vectors: np.ndarray) -> None:
         """Add a subject's unit vectors (M, 128)."""
-        vectors = np.asarray(vectors, np.float32).reshape(-1, EMBED_DIM)
         with self._lock:
-            start, end = self._n, self._n + len(vectors)
-            self._grow(end)
-            self._vectors[start:end] = vectors
-            self._alive[start:end] = True
-            self._subjects.extend([subject] * len(vectors))
-            self._rows_of.setdefault(subject, []).extend(range(start, end))
-            self._n = end
-            self._live += len(vectors)
-            if self._graph is not None:
-                self._graph.add(np.arange(start, end, dtype=np.uint64), vectors)
-            elif len(self) >= self.config.ann_min_templates:
-                self._build_graph()
+            self._add(subject, np.asarray(vectors, np.float32).reshape(-1, EMBED_DIM))
+            self._plan_shortlist()
 
     def remove(self, subject: str) -> int:
         """Drop every template of a subject; return how many there were."""
         with self._lock:
-            rows = self._rows_of.pop(subject, [])
-            if not rows:
-                return 0
-            self._alive[rows] = False
-            self._live -= len(rows)
-            if self._graph is not None:
-                self._graph.remove(np.asarray(rows, np.uint64))
-            if 1 - len(self) / self._n >= self.config.rebuild_dead_fraction:
-                self._compact()  # row numbers change, so a graph must be rebuilt
-                self._graph = None
-            if self._graph is None and len(self) >= self.config.ann_min_templates:
-                self._build_graph()
-            elif len(self) < self.config.ann_min_templates:
-                self._graph = None
-            return len(rows)
+            removed = self._remove(subject)
+            self._plan_shortlist()
+            return removed
+
+    def replace(self, subject: str, vectors: np.ndarray) -> None:
+        """Make a subject's templates exactly ``vectors`` (M, 128), in one step for searches."""
+        with self._lock:
+            self._remove(subject)
+            if len(vectors):
+                self._add(subject, np.asarray(vectors, np.float32).reshape(-1, EMBED_DIM))
+            self._plan_shortlist()
 
     def search(self, probe: np.ndarray, threshold: float, top_k: int) -> list[tuple[float, str]]:
         """Return up to ``top_k`` (score, subject) at or above ``threshold``, best first."""
         with self._lock:
-            if self._graph is None:
+            if self._shortlist is None:
                 rows = np.arange(self._n)
                 scores = np.where(self._alive[: self._n], self._vectors[: self._n] @ probe, -2.0)
             else:
-                rows = np.asarray(self._graph.search(probe, self.config.shortlist).keys, np.int64)
-                scores = self._vectors[rows] @ probe  # the exact score decides, not the graph's
+                rows = self._shortlist.search(probe, self.config.shortlist)
+                # The exact score decides, not the engine's; tombstones never match.
+                scores = np.where(self._alive[rows], self._vectors[rows] @ probe, -2.0)
             best: dict[str, float] = {}
             for i in np.flatnonzero(scores >= threshold):  # usually a handful of templates
                 s = self._subjects[rows[i]]
                 best[s] = max(best.get(s, -1.0), float(scores[i]))
         return sorted(((sc, s) for s, sc in best.items()), reverse=True)[:top_k]
+
+    def _add(self, subject: str, vectors: np.ndarray) -> None:
+        start, end = self._n, self._n + len(vectors)
+        self._grow(end)
+        self._vectors[start:end] = vectors
+        self._alive[start:end] = True
+        self._subjects.extend([subject] * len(vectors))
+        self._rows_of.setdefault(subject, []).extend(range(start, end))
+        self._n = end
+        self._live += len(vectors)
+        if self._shortlist is not None:
+            self._shortlist.add(np.arange(start, end), vectors)
+
+    def _remove(self, subject: str) -> int:
+        rows = self._rows_of.pop(subject, [])
+        if rows:
+            self._alive[rows] = False
+            self._live -= len(rows)
+            if self._shortlist is not None:
+                self._shortlist.remove(np.asarray(rows))
+        return len(rows)
+
+    def _plan_shortlist(self) -> None:
+        """Compact, drop or (re)build the shortlist as the gallery's size asks; hold the lock."""
+        c = self.config
+        if self._n and 1 - len(self) / self._n >= c.rebuild_dead_fraction:
+            self._compact()  # row numbers change, so the shortlist must be rebuilt
+        if len(self) < c.ann_min_templates:
+            self._shortlist = None
+        elif (self._shortlist is None and not self._build_failed) or (
+            len(self) >= c.rebuild_growth * self._trained_size
+        ):
+            self._start_build()
+
+    def _start_build(self) -> None:
+        if self._builder is not None:
+            return  # the running build catches up with later writes when it installs
+        self._built.clear()
+        snapshot = (self._generation, self._n, self._vectors, self._alive[: self._n].copy())
+        self._builder = threading.Thread(
+            target=self._build, args=snapshot, name="kfaar-index-build", daemon=True
+        )
+        self._builder.start()
+
+    def _build(self, generation: int, n: int, vectors: np.ndarray, alive: np.ndarray) -> None:
+        """Build a shortlist of a snapshot without the lock, then catch up and install it."""
+        # Rows below n never change in place and a grown array is a copy, so the snapshot
+        # stays valid while writers go on.
+        t0 = time.perf_counter()
+        rows = np.flatnonzero(alive)
+        try:
+            shortlist = self._new_shortlist(rows, vectors[rows])
+        except Exception:  # searches stay exact: slower, never wrong
+            log.exception("building the 1:N shortlist over %d templates failed", len(rows))
+            shortlist = None
+        with self._lock:
+            self._builder = None
+            self._build_failed = shortlist is None
+            if shortlist is None:
+                self._trained_size = len(rows)
+            elif generation == self._generation:  # else compacted meanwhile: rows renumbered
+                self._install(shortlist, n, rows)
+                log.info(
+                    "built the 1:N shortlist (%s) over %d templates in %.1f s",
+                    shortlist.description, len(rows), time.perf_counter() - t0,
+                )  # fmt: skip
+            self._plan_shortlist()  # a new build on new rows, or drop a shrunk gallery's
+            if self._builder is None:
+                self._built.set()
+
+    def _install(self, shortlist: Shortlist, n: int, rows: np.ndarray) -> None:
+        """Catch a shortlist of rows below ``n`` up with later writes and serve from it."""
+        later = np.arange(n, self._n)
+        later = later[self._alive[n : self._n]]
+        if len(later):
+            shortlist.add(later, self._vectors[later])
+        gone = rows[~self._alive[rows]]
+        if len(gone):
+            shortlist.remove(gone)
+        self._shortlist, self._trained_size = shortlist, len(rows)
+
+    def _new_shortlist(self, rows: np.ndarray, vectors: np.ndarray) -> Shortlist:
+        c = self.config
+        if c.ann == "hnsw":
+            return HnswShortlist(
+                rows, vectors, connectivity=c.connectivity, ef_add=c.ef_add, ef_search=c.ef_search
+            )
+        return IvfShortlist(rows, vectors, c.nprobe, c.build_threads)
 
     def _grow(self, size: int) -> None:
         if size <= len(self._vectors):
@@ -188,28 +292,10 @@ class TemplateIndex:
         self._subjects = [self._subjects[i] for i in keep]
         self._n = len(keep)
         self._map_rows()
+        self._shortlist, self._trained_size, self._build_failed = None, 0, False
+        self._generation += 1
 
     def _map_rows(self) -> None:
         self._rows_of = {}
         for row, s in enumerate(self._subjects):
             self._rows_of.setdefault(s, []).append(row)
-
-    def _build_graph(self) -> None:
-        from usearch.index import Index  # only galleries above ann_min_templates need it
-
-        c = self.config
-        t0 = time.perf_counter()
-        graph = Index(
-            ndim=EMBED_DIM,
-            metric="ip",
-            dtype="f16",
-            connectivity=c.connectivity,
-            expansion_add=c.ef_add,
-            expansion_search=c.ef_search,
-        )
-        live = np.flatnonzero(self._alive[: self._n])
-        # One thread: a parallel build is not reproducible, and on tightly clustered data
-        # some parallel builds here lost whole subjects from the graph (tests/test_index.py).
-        graph.add(live.astype(np.uint64), self._vectors[live], threads=1)
-        self._graph = graph
-        log.info("built HNSW over %d templates in %.1f s", len(live), time.perf_counter() - t0)

@@ -95,7 +95,7 @@ class MilvusIndex:
         return int(self._query("count", "", ["count(*)"])[0]["count(*)"])
 
     @property
-    def uses_graph(self) -> bool:
+    def uses_shortlist(self) -> bool:
         return True  # Milvus always proposes from its HNSW graph; the exact score decides
 
     def set_ef_search(self, ef: int) -> None:
@@ -141,6 +141,13 @@ class MilvusIndex:
         self._upsert([self._row(subject, slot, v) for slot, v in enumerate(vectors)])
         # After the upsert, so that a replaced subject is never missing from a search.
         self._delete([row_key(subject, slot) for slot in range(len(vectors), MAX_SLOTS)])
+
+    def replace(self, subject: str, vectors: np.ndarray) -> None:
+        """Make the subject's templates exactly ``vectors``; none: remove the subject."""
+        if len(vectors):
+            self.add(subject, vectors)  # upsert first: searches never miss the subject
+        else:
+            self.remove(subject)
 
     def remove(self, subject: str) -> int:
         """Drop every template of a subject; return how many there were."""

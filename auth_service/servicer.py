@@ -85,8 +85,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 everyone = self.store.gallery(self.policy.model, space)
                 mine = [i for i, s in enumerate(everyone.subjects) if key_scope(s) == scope]
                 gallery = Gallery([everyone.subjects[i] for i in mine], everyone.vectors[mine])
+                # Exact search until the shortlist is built: serve now, not in a minute.
                 index = build_index(
-                    gallery, self.index_config, f"{self.policy.model}/{space}/{scope}"
+                    gallery, self.index_config, f"{self.policy.model}/{space}/{scope}", wait=False
                 )
                 self._indexes[(space, scope)] = index
             return self._indexes[(space, scope)]
@@ -121,10 +122,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         for (space, scope), index in self._indexes.items():
             if scope != key_scope(subject):
                 continue
-            index.remove(subject)
             keep = [i for i, t in enumerate(tags) if t == (self.policy.model, space)]
-            if keep:
-                index.add(subject, stored[keep])
+            index.replace(subject, stored[keep])  # one step: no search sees the subject gone
 
     def _write_once(self, name: str, fn, req: Message, reply_type: type) -> Message:
         """Run an idempotent write and its cached reply in one transaction, then index it."""

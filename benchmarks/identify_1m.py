@@ -1,4 +1,4 @@
-"""1:N search over a million face-like templates: exact numpy, in-process HNSW, Milvus Lite.
+"""1:N search over a million face-like templates: exact, in-process IVF and HNSW, Milvus Lite.
 
 Each backend runs in a fresh process on the same synthetic gallery (same seed), so build
 time and memory are its own. Subjects hold 1-3 templates, noisy views of a centre; the
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from auth_service.index import IndexConfig, build_index
+from auth_service.shortlist import ivf_lists
 from auth_service.store import Gallery
 
 # Centres are 0.7 shared direction + 0.7 own (as in identify_index.py): strangers score
@@ -88,7 +89,10 @@ def run(backend: str, args: argparse.Namespace) -> dict:
     gallery, probes, truth = make_data(args.n, args.queries, args.seed)
     config = {
         "exact": IndexConfig(ann_min_templates=2**62),  # never a graph, whatever is added
-        "hnsw": IndexConfig(ann_min_templates=1, ef_search=args.ef, shortlist=args.shortlist),
+        "ivf": IndexConfig(ann_min_templates=1, nprobe=args.nprobe, shortlist=args.shortlist),
+        "hnsw": IndexConfig(
+            ann_min_templates=1, ann="hnsw", ef_search=args.ef, shortlist=args.shortlist
+        ),
         "milvus": IndexConfig(
             backend="milvus",
             milvus_uri=args.milvus_uri,
@@ -103,7 +107,9 @@ def run(backend: str, args: argparse.Namespace) -> dict:
 
         if args.faiss_threads:
             faiss.omp_set_num_threads(args.faiss_threads)
-    else:
+    elif backend == "ivf":
+        import faiss
+    elif backend == "hnsw":
         import usearch.index  # noqa: F401
     before = rss_mb()
     t0 = time.perf_counter()
@@ -140,6 +146,8 @@ def run(backend: str, args: argparse.Namespace) -> dict:
 def table(args: argparse.Namespace, results: dict[str, dict], truth: list[str]) -> str:
     names = {
         "exact": "exact numpy (TemplateIndex, no graph)",
+        "ivf": f"IVF in process (FAISS SQ8, {ivf_lists(args.n)} lists, nprobe "
+        f"{args.nprobe or max(16, ivf_lists(args.n) // 32)}, shortlist {args.shortlist})",
         "hnsw": f"HNSW in process (usearch f16, ef {args.ef}, shortlist {args.shortlist})",
         "milvus": f"Milvus Lite HNSW (FAISS M 16, ef {max(args.milvus_ef, args.shortlist)}, "
         f"shortlist {args.shortlist})",
@@ -172,14 +180,15 @@ def main() -> None:
     """Run the chosen backends one after another and print a markdown table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="templates in the gallery")
-    ap.add_argument("--queries", type=int, default=1000, help="queries for exact and hnsw")
+    ap.add_argument("--queries", type=int, default=1000, help="queries for exact, ivf and hnsw")
     ap.add_argument(
         "--milvus-queries",
         type=int,
         default=100,
         help="queries for milvus (Lite does Python work per stored row on every search)",
     )
-    ap.add_argument("--backends", default="exact,hnsw,milvus", help="comma-separated")
+    ap.add_argument("--backends", default="exact,ivf,hnsw,milvus", help="comma-separated")
+    ap.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned (default: 1/32)")
     ap.add_argument("--ef", type=int, default=IndexConfig().ef_search, help="HNSW search breadth")
     ap.add_argument("--milvus-ef", type=int, default=IndexConfig().milvus_ef, help="Milvus's")
     ap.add_argument("--shortlist", type=int, default=IndexConfig().shortlist)
@@ -189,7 +198,7 @@ def main() -> None:
     args = ap.parse_args()
     args.milvus_queries = min(args.milvus_queries, args.queries)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = set(backends) - {"exact", "hnsw", "milvus"}
+    unknown = set(backends) - {"exact", "ivf", "hnsw", "milvus"}
     if unknown:
         ap.error(f"unknown backends: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,10 @@
-"""1:N search: exact matrix product against the HNSW shortlist with exact re-scoring.
+"""1:N search: exact matrix product against the IVF and HNSW shortlists with exact re-scoring.
 
 Galleries are synthetic but shaped like face embeddings: every vector shares a common
 direction (random people score about 0.5, as in dlib's space), each subject has two
 templates, and probes are fresh noisy views of enrolled subjects. Exact search, measured
 in the same run on the same gallery, is the baseline: the table gives latency, the speed-up
-and how often the HNSW path returns exact search's top subject.
+and how often each shortlist returns exact search's top subject.
 
     python benchmarks/identify_index.py [--sizes 100000 300000] [--queries 500]
 """
@@ -49,7 +49,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000])
     p.add_argument("--queries", type=int, default=500)
-    p.add_argument("--ef", type=int, nargs="+", default=[128, 256, 384], help="HNSW ef_search")
+    p.add_argument("--ef", type=int, nargs="+", default=[128, 512], help="HNSW ef_search")
+    p.add_argument(
+        "--nprobe", type=int, nargs="+", default=[0], help="IVF lists scanned (0: the default)"
+    )
+    p.add_argument("--engines", nargs="+", choices=("ivf", "hnsw"), default=["ivf", "hnsw"])
     args = p.parse_args()
     rng = np.random.default_rng(0)
     w = sys.stdout.write
@@ -65,18 +69,28 @@ def main() -> int:
         pick = rng.choice(len(ids), args.queries, replace=False)
         probes = unit(ids[pick] + 0.25 / np.sqrt(128) * rng.standard_normal((len(pick), 128)))
         exact = TemplateIndex.from_gallery(gallery, IndexConfig(ann_min_templates=10 * size))
-        t0 = time.perf_counter()
-        graph = TemplateIndex.from_gallery(gallery, IndexConfig(ann_min_templates=1))
-        build = time.perf_counter() - t0
-        rows = [("exact", exact, 0.0)] + [(f"hnsw ef {ef}", graph, build) for ef in args.ef]
+        rows = [("exact", exact, 0.0)]
+        for nprobe in args.nprobe if "ivf" in args.engines else []:
+            config = IndexConfig(ann_min_templates=1, nprobe=nprobe or None)
+            t0 = time.perf_counter()
+            ivf = TemplateIndex.from_gallery(gallery, config)
+            rows.append((f"ivf nprobe {nprobe or 'default'}", ivf, time.perf_counter() - t0))
+        if "hnsw" in args.engines:
+            t0 = time.perf_counter()
+            config = IndexConfig(ann_min_templates=1, ann="hnsw")
+            graph = TemplateIndex.from_gallery(gallery, config)
+            rows += [(f"hnsw ef {ef}", graph, time.perf_counter() - t0) for ef in args.ef]
         results = []
-        for (label, index, built), ef in zip(rows, [None, *args.ef], strict=True):
-            if ef is not None:
-                index.set_ef_search(ef)
+        for label, index, built in rows:
+            if label.startswith("hnsw"):
+                index.set_ef_search(int(label.split()[-1]))
             found, ms = timed(lambda q, ix=index: ix.search(q, THRESHOLD, 5), probes)
             results.append((label, built, ms, [f[0][1] if f else None for f in found]))
         writes = {}
-        for kind, index in (("exact", exact), ("hnsw", graph)):  # one write of each kind
+        for label, index, _ in rows:  # one write of each kind, on its first index
+            kind = label.split()[0]
+            if kind in writes:
+                continue
             t0 = time.perf_counter()
             index.add("new-subject", templates[:PER_SUBJECT])
             t1 = time.perf_counter()
