@@ -138,6 +138,11 @@ class TemplateIndex:
         """Whether searches go through an approximate shortlist (else exact)."""
         return self._shortlist is not None
 
+    @property
+    def building(self) -> bool:
+        """Whether a shortlist is being built (searches are exact until it is in)."""
+        return self._builder is not None
+
     def wait_for_shortlist(self, timeout: float | None = None) -> bool:
         """Wait until no shortlist build is running; return False on timeout."""
         return self._built.wait(timeout)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class Metrics:
@@ -47,6 +47,32 @@ class Metrics:
             "kfaar_index_sync_lag_seconds", "delay until another replica's write is searchable",
             registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )  # fmt: skip
+
+        # The loaded 1:N indexes, read at each scrape (watch_indexes): a replica whose
+        # shortlist is still building answers Identify exactly, right but slower.
+        self.index_templates = Gauge(
+            "kfaar_index_templates", "templates in this replica's loaded 1:N indexes",
+            registry=self.registry,
+        )  # fmt: skip
+        self.index_building = Gauge(
+            "kfaar_index_shortlists_building", "1:N indexes searching exactly while their "
+            "shortlist builds", registry=self.registry,
+        )  # fmt: skip
+
+    def watch_indexes(self, indexes: Callable[[], list]) -> None:
+        """Report the indexes that ``indexes()`` returns at every scrape."""
+
+        def total(of: Callable) -> Callable[[], float]:
+            def read() -> float:
+                try:
+                    return float(sum(of(i) for i in indexes()))
+                except Exception:  # e.g. Milvus unreachable: a gap, not a failed scrape
+                    return float("nan")
+
+            return read
+
+        self.index_templates.set_function(total(len))
+        self.index_building.set_function(total(lambda i: bool(getattr(i, "building", False))))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP."""

@@ -74,6 +74,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         # Subjects written inside an idempotent write's transaction: their index update
         # waits for the commit, so a rolled-back write never reaches the index.
         self._deferred: set[str] | None = None
+        metrics.watch_indexes(lambda: list(self._indexes.values()))
 
     def index(self, space: int, scope: str = DEFAULT_SCOPE) -> SearchIndex:
         """Return the 1:N index of one embedding space and scope, loading it on first use."""

@@ -216,3 +216,26 @@ def test_kfaar_serve_refuses_an_unknown_shortlist_engine(monkeypatch, capsys) ->
     monkeypatch.setenv("KFAAR_ANN", "annoy")
     assert main(["serve", "--insecure"]) == 2
     assert "shortlist engine 'annoy': want one of ivf, hnsw" in capsys.readouterr().err
+
+
+def test_metrics_show_templates_and_a_build_in_progress(people, monkeypatch) -> None:
+    from auth_service.metrics import Metrics
+
+    _, templates = people
+    metrics, indexes = Metrics(), []
+    metrics.watch_indexes(lambda: indexes)
+
+    def scrape(name: str) -> float:
+        return metrics.registry.get_sample_value(name)
+
+    held = HeldBuild(monkeypatch)
+    indexes.append(TemplateIndex.from_gallery(gallery(templates), wait=False))
+    indexes.append(
+        TemplateIndex.from_gallery(gallery(templates), IndexConfig(ann_min_templates=100), False)
+    )
+    assert held.started.wait(10)
+    assert scrape("kfaar_index_templates") == 2 * SUBJECTS * PER_SUBJECT
+    assert scrape("kfaar_index_shortlists_building") == 1
+    held.release.set()
+    assert indexes[1].wait_for_shortlist(60)
+    assert scrape("kfaar_index_shortlists_building") == 0
