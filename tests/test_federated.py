@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -202,7 +203,14 @@ def test_fl_local_interrupted_stops_every_process(tmp_path, lfw_dir) -> None:
     cmd = [sys.executable, "-m", "edge_agent.cli", "fl", "local", "--out", str(out)]
     cmd += ["--sites", "2", "--rounds", "50", "--data-root", str(lfw_dir.parent)]
     cmd += ["--max-identities", "8", "--max-images", "3", "--dev-faces", "8", "--no-export"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    # A shell's background job (`.ci/run &`) ignores SIGINT, and Python keeps an ignored
+    # SIGINT ignored: give the child the default, as a terminal's Ctrl+C would find it.
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    pids: list[int] = []
     try:
         deadline = time.monotonic() + 120
         while not (out / "logs" / "flwr-run.log").is_file() and time.monotonic() < deadline:
@@ -211,9 +219,12 @@ def test_fl_local_interrupted_stops_every_process(tmp_path, lfw_dir) -> None:
         assert any(group_alive(p) for p in pids)
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         assert proc.wait(120) == 130  # a loaded 2-core machine needs more than a minute
+        assert not any(group_alive(p) for p in pids)
     finally:
         proc.kill()
-    assert not any(group_alive(p) for p in pids)
+        for pgid in pids:  # a failed run must not leave a federation training for hours
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
 
 
 def test_dev_tls_material_verifies_for_loopback(tmp_path) -> None:
