@@ -93,7 +93,7 @@ class HnswShortlist:
     """A usearch HNSW graph over half-precision vectors.
 
     Kept for comparison: on galleries whose strangers all score alike the greedy walk
-    misses the exact top subject in 1-3% of searches (docs/measurements/identify-1m.md).
+    misses the exact top subject in 1-9% of searches (docs/measurements/identify-1m.md).
     """
 
     def __init__(self, rows, vectors, *, connectivity: int, ef_add: int, ef_search: int):
