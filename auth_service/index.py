@@ -157,7 +157,7 @@ class TemplateIndex:
     def add(self, subject: str, vectors: np.ndarray) -> None:
         """Add a subject's unit vectors (M, 128)."""
         with self._lock:
-            self._add(subject, np.asarray(vectors, np.float32).reshape(-1, EMBED_DIM))
+            self._add(subject, vectors)
             self._plan_shortlist()
 
     def remove(self, subject: str) -> int:
@@ -171,8 +171,7 @@ class TemplateIndex:
         """Make a subject's templates exactly ``vectors`` (M, 128), in one step for searches."""
         with self._lock:
             self._remove(subject)
-            if len(vectors):
-                self._add(subject, np.asarray(vectors, np.float32).reshape(-1, EMBED_DIM))
+            self._add(subject, vectors)
             self._plan_shortlist()
 
     def search(self, probe: np.ndarray, threshold: float, top_k: int) -> list[tuple[float, str]]:
@@ -192,6 +191,9 @@ class TemplateIndex:
         return sorted(((sc, s) for s, sc in best.items()), reverse=True)[:top_k]
 
     def _add(self, subject: str, vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, np.float32).reshape(-1, EMBED_DIM)
+        if not len(vectors):
+            return  # a subject replaced by nothing is gone, not an empty entry
         start, end = self._n, self._n + len(vectors)
         self._grow(end)
         self._vectors[start:end] = vectors
@@ -262,8 +264,7 @@ class TemplateIndex:
 
     def _install(self, shortlist: Shortlist, n: int, rows: np.ndarray) -> None:
         """Catch a shortlist of rows below ``n`` up with later writes and serve from it."""
-        later = np.arange(n, self._n)
-        later = later[self._alive[n : self._n]]
+        later = n + np.flatnonzero(self._alive[n : self._n])
         if len(later):
             shortlist.add(later, self._vectors[later])
         gone = rows[~self._alive[rows]]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from auth_service.index import IndexConfig, build_index
-from auth_service.shortlist import ivf_lists
+from auth_service.shortlist import default_nprobe, ivf_lists
 from auth_service.store import Gallery
 
 # Centres are 0.7 shared direction + 0.7 own (as in identify_index.py): strangers score
@@ -147,7 +147,7 @@ def table(args: argparse.Namespace, results: dict[str, dict], truth: list[str]) 
     names = {
         "exact": "exact numpy (TemplateIndex, no graph)",
         "ivf": f"IVF in process (FAISS SQ8, {ivf_lists(args.n)} lists, nprobe "
-        f"{args.nprobe or max(16, ivf_lists(args.n) // 32)}, shortlist {args.shortlist})",
+        f"{args.nprobe or default_nprobe(ivf_lists(args.n))}, shortlist {args.shortlist})",
         "hnsw": f"HNSW in process (usearch f16, ef {args.ef}, shortlist {args.shortlist})",
         "milvus": f"Milvus Lite HNSW (FAISS M 16, ef {max(args.milvus_ef, args.shortlist)}, "
         f"shortlist {args.shortlist})",
