@@ -3,20 +3,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint baselines model-report clean
+.PHONY: demo test test-latest lint lock baselines model-report clean
 
-$(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+# Both environments come from the hashed locks in requirements/ (make lock refreshes them);
+# scripts/venv.sh prints one line per step and keeps pip's output in .venv/install.log.
+$(VENV)/.eval: requirements/eval.lock requirements/dev.lock pyproject.toml
+	@PY=$(PY) scripts/venv.sh $(VENV) requirements/eval.lock
+	@touch $@
 
-$(VENV)/.eval: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[eval]"
-	touch $@
-
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip check
-	touch $@ $(VENV)/.eval
+$(VENV)/.dev: requirements/dev.lock pyproject.toml
+	@PY=$(PY) scripts/venv.sh $(VENV) requirements/dev.lock
+	@touch $@ $(VENV)/.eval
 
 # The main job: service on loopback with SQLite, the edge pipeline over the bundled sample
 # faces, a decision table; then the evaluation report of the shipped model on those faces.
@@ -31,6 +28,18 @@ lint: $(VENV)/.dev
 
 test: lint
 	$(BIN)/pytest -q
+
+# The same suite on the newest releases pyproject.toml allows, in a throwaway .venv-latest,
+# so drift is seen before a lock refresh (README: when it last passed).
+test-latest:
+	@rm -rf .venv-latest
+	@PY=$(PY) scripts/venv.sh .venv-latest --latest
+	.venv-latest/bin/pip list --format=freeze > .venv-latest/versions.txt
+	.venv-latest/bin/pytest -q
+
+# Re-resolve requirements/*.lock from pyproject.toml (pip-tools, pinned in the script).
+lock:
+	scripts/lock.sh
 
 # Regenerate docs/baselines.md on the paper's LFW dev triplets (about half an hour).
 baselines: $(VENV)/.eval
@@ -53,4 +62,4 @@ model-report: $(VENV)/.eval
 	  out/model-report/int8.json out/model-report/fp32_system_judge.json
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) .venv-latest .venv-lock out

@@ -249,3 +249,29 @@ def test_kustomize_renders_the_manifests() -> None:
     expected += ["HorizontalPodAutoscaler", "NetworkPolicy", "NetworkPolicy"]
     expected += ["Service", "Service", "Service"]
     assert kinds == sorted(expected)
+
+
+def test_every_install_path_installs_from_a_hashed_lock() -> None:
+    """The image, make and CI install pinned, hashed versions, never a fresh resolution."""
+    dockerfile = (REPO / "deploy/container/Dockerfile").read_text()
+    assert "--require-hashes --no-deps -r /tmp/serve.lock" in dockerfile
+    makefile = (REPO / "Makefile").read_text()
+    assert "scripts/venv.sh $(VENV) requirements/dev.lock" in makefile
+    assert "scripts/venv.sh $(VENV) requirements/eval.lock" in makefile
+    venv = (REPO / "scripts/venv.sh").read_text()
+    assert "--require-hashes --no-deps -r" in venv
+    for lock in ("dev", "eval", "serve"):
+        text = (REPO / f"requirements/{lock}.lock").read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)
+        assert pins, lock
+        # Every pinned distribution carries at least one hash, and nothing points at a path.
+        assert text.count("==") == len(pins)
+        assert len(re.findall(r"--hash=sha256:", text)) >= len(pins)
+        assert "file://" not in text and "kfaar @" not in text
+    dev = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", (REPO / "requirements/dev.lock")
+                          .read_text(), re.M))  # fmt: skip
+    for lock in ("eval", "serve"):
+        sub = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", (REPO / f"requirements/{lock}.lock")
+                         .read_text(), re.M)  # fmt: skip
+        for name, version in sub:
+            assert dev.get(name) == version, f"{lock}.lock has {name} {version}, dev.lock not"

@@ -143,24 +143,45 @@ class SFaceJudge(Judge):
         return _cosine(a, b)
 
 
+def facenet_onnx(graph: Path) -> Path:
+    """Return FaceNet converted to ONNX, converting the frozen graph once into the cache.
+
+    OpenCV 5.1 removed its TensorFlow importer; onnxruntime runs the same graph on every
+    OpenCV (``docs/measurements/judges_lfw.md``: parity with OpenCV 4's cv2.dnn).
+    """
+    from edge_agent.assets import cache_dir
+    from training.evaluation.tf_to_onnx import convert_frozen_graph
+
+    out = cache_dir() / f"facenet-{_file_id(graph)}.onnx"
+    if not out.is_file():
+        log.info("converting FaceNet's frozen graph %s to ONNX (once) into %s", graph, out)
+        model = convert_frozen_graph(graph.read_bytes(), "embeddings")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(model.SerializeToString())
+        tmp.replace(out)  # atomic: a concurrent run never reads half a file
+    return out
+
+
 class FaceNetJudge(Judge):
-    """FaceNet 20180408-102900 (Inception-ResNet-v1, 512-d, cosine) through cv2.dnn."""
+    """FaceNet 20180408-102900 (Inception-ResNet-v1, 512-d, cosine) on onnxruntime."""
 
     name = "facenet"
     metric = "cosine similarity (same person above the threshold)"
     # No published same-person rule: benchmarks/judges_lfw.py measures where FMR 1e-3 falls.
     same_person_threshold = None
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, threads: int = 0) -> None:
         self.path = facenet_path(path)
-        self.net = cv2.dnn.readNetFromTensorflow(str(self.path))
+        self.session = create_session(facenet_onnx(self.path), threads)
+        self.input_name = self.session.get_inputs()[0].name
         self.cache_id = "facenet-" + _file_id(self.path)
 
     def embed(self, items: list[tuple[np.ndarray, FaceRef]], desc: str = "judge") -> np.ndarray:
         out = []
         for img, ref in progress(items, desc=desc):
-            self.net.setInput(facenet_input(img, ref))
-            out.append(self.net.forward().ravel().copy())
+            x = facenet_input(img, ref)
+            out.append(self.session.run(None, {self.input_name: x})[0].ravel().copy())
         if not out:
             return np.zeros((0, 512), np.float32)
         return np.stack(out).astype(np.float32)
