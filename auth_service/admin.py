@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import grpc
 
@@ -16,6 +17,20 @@ def _printable(name: str, what: str, context: grpc.ServicerContext) -> str:
     if not 1 <= len(name) <= 128 or not name.isprintable():
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} must be 1-128 printable")
     return name
+
+
+# Metadata naming the person behind an admin call (set by ``kfaar console``); trusted as
+# far as the admin token that must accompany it.
+OPERATOR_METADATA = "kfaar-operator"
+BUDGET_KINDS = ("device", "token", "subject", "pair")
+
+
+def _actor(context: grpc.ServicerContext) -> str | None:
+    """Return ``operator:NAME`` for the audit row when the call names its operator."""
+    for key, value in context.invocation_metadata() or ():
+        if key == OPERATOR_METADATA and 1 <= len(value) <= 64 and value.isprintable():
+            return f"operator:{value}"
+    return None
 
 
 class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
@@ -33,13 +48,16 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.store.put_device(device, request.verify_key, scope)
-        self.store.audit(None, "RegisterDevice", None, f"{device} in scope {scope}")
+        self.store.set_single_view(device, request.single_view)
+        single = " (single-view)" if request.single_view else ""
+        what = f"{device} in scope {scope}{single}"
+        self.store.audit(_actor(context), "RegisterDevice", None, what)
         return auth_pb2.RegisterDeviceReply()
 
     def UnregisterDevice(self, request, context):
         if not self.store.remove_device(request.device_id):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {request.device_id!r}")
-        self.store.audit(None, "UnregisterDevice", None, request.device_id)
+        self.store.audit(_actor(context), "UnregisterDevice", None, request.device_id)
         return auth_pb2.UnregisterDeviceReply()
 
     def CreateAppToken(self, request, context):
@@ -52,16 +70,39 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
             methods = check_methods(request.methods)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if request.shared and devices:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a shared token is for every device of its scope: give device_ids or shared",
+            )
         token = secrets.token_urlsafe(32)
-        self.store.put_token(app, token_hash(token), scope, devices, tuple(sorted(methods)))
+        self.store.put_token(
+            app, token_hash(token), scope, devices, tuple(sorted(methods)), request.shared
+        )
         what = f"{app} in scope {scope}: {', '.join(sorted(methods))}"
         if devices:
             what += f" on {', '.join(devices)}"
-        self.store.audit(None, "CreateAppToken", None, what)
+        else:
+            what += " shared by the scope" if request.shared else " bound on first use"
+        self.store.audit(_actor(context), "CreateAppToken", None, what)
         return auth_pb2.CreateAppTokenReply(token=token)
 
     def RevokeAppToken(self, request, context):
         if not self.store.remove_token(request.app_name):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown app {request.app_name!r}")
-        self.store.audit(None, "RevokeAppToken", None, request.app_name)
+        self.store.audit(_actor(context), "RevokeAppToken", None, request.app_name)
         return auth_pb2.RevokeAppTokenReply()
+
+    def ClearGuessBudget(self, request, context):
+        key = request.budget_key
+        if key.partition("\x1f")[0] not in BUDGET_KINDS or len(key) > 512:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a guess budget key")
+        now = time.time()
+
+        def clear(rows: dict) -> tuple[dict, bool]:
+            return ({key: (0.0, now)}, True) if key in rows else ({}, False)
+
+        if not self.store.update_budgets([key], clear):
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such guess budget")
+        self.store.audit(_actor(context), "ClearGuessBudget", None, key.replace("\x1f", "/"))
+        return auth_pb2.ClearGuessBudgetReply()

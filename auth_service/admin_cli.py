@@ -73,13 +73,17 @@ def check_health(args: argparse.Namespace) -> int:
         # One address per channel and no balancing: this asks that replica, nobody else.
         with dial(target.target, creds, channel_options(target, balanced=False)) as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
+                reply, call = health_pb2_grpc.HealthStub(channel).Check.with_call(
                     health_pb2.HealthCheckRequest(), timeout=args.timeout
                 )
             except grpc.RpcError as exc:
                 return False, f"{label}: not healthy: {exc.code().name}: {exc.details()}", True
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{label}: {status}", False
+        # The service says why it does not serve (auth_service/health.py), e.g. a failed
+        # integrity check of its store.
+        why = dict(call.trailing_metadata() or ()).get("kfaar-health-reason")
+        line = f"{label}: {status}" + (f" ({why})" if why else "")
+        return reply.status == health_pb2.HealthCheckResponse.SERVING, line, False
 
     with ThreadPoolExecutor(max_workers=min(16, len(replicas))) as pool:
         results = list(pool.map(check, replicas))  # in parallel: one --timeout for all
@@ -97,8 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="register devices and issue app tokens (AdminService)",
         description="Call the service's AdminService with the admin token. Devices act only "
         "on the subjects of their scope; tokens work only with devices of their scope, "
-        "only on the devices named (if any), and only for the methods granted "
-        "(default Enroll, Verify, Identify, Rekey; Revoke must be granted by name). "
+        "only on the devices named (a token without devices binds to the first device "
+        "that uses it, unless --shared), and only for the methods granted (default Verify "
+        "and Identify; Enroll, Rekey and Revoke must be granted by name). A subject "
+        "belongs to the app that enrolled it. "
         "See docs/SECURITY.md.",
     )
     add_connection_args(p)
@@ -113,6 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("device_id")
     reg.add_argument("verify_key", help="hex, as printed by `kfaar keys export-public`")
     reg.add_argument("--scope", default="", help="site or tenant (default: default)")
+    reg.add_argument(
+        "--single-view",
+        action="store_true",
+        help="the device never fuses frames: decide its probes at the single-frame threshold "
+        "(others: the stricter fused one, whatever they declare) and refuse fused ones",
+    )
     unreg = actions.add_parser("unregister-device", help="forget a device (a lost camera)")
     unreg.add_argument("device_id")
     tok = actions.add_parser("create-token", help="issue an app token; printed once")
@@ -125,7 +137,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         action="append",
         default=[],
-        help="allow this AuthService method (repeatable; default Enroll, Verify, Identify, Rekey)",
+        help="allow this AuthService method (repeatable; default Verify and Identify: "
+        "Enroll, Rekey and Revoke must be granted by name)",
+    )
+    tok.add_argument(
+        "--shared",
+        action="store_true",
+        help="one token for every device of the scope (opt-in; without --device and without "
+        "this, the token binds to the first device that uses it)",
     )
     rev = actions.add_parser("revoke-token", help="revoke an app's token")
     rev.add_argument("app_name")
@@ -146,7 +165,10 @@ def _admin(args: argparse.Namespace) -> int:
             except ValueError:
                 raise ValueError("verify_key must be hex (kfaar keys export-public)") from None
             req = auth_pb2.RegisterDeviceRequest(
-                device_id=args.device_id, verify_key=key, scope=args.scope
+                device_id=args.device_id,
+                verify_key=key,
+                scope=args.scope,
+                single_view=args.single_view,
             )
             admin.RegisterDevice(req, metadata=meta, timeout=10)
             sys.stdout.write(f"registered {args.device_id} in scope {args.scope or 'default'}\n")
@@ -160,6 +182,7 @@ def _admin(args: argparse.Namespace) -> int:
                 scope=args.scope,
                 device_ids=args.device,
                 methods=args.method,
+                shared=args.shared,
             )
             sys.stdout.write(f"{admin.CreateAppToken(req, metadata=meta, timeout=10).token}\n")
         else:

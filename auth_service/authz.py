@@ -4,9 +4,12 @@ Every device is registered in one scope (a site or tenant; "default" when none i
 A subject lives in the scope of the device that first enrolled it: the same subject id in
 another scope is another subject, invisible from here, so no scope can read, verify,
 rekey, revoke or even detect another's subjects, and Identify searches the caller's scope
-only. App tokens carry a scope, optionally the devices they were issued to, and the
-methods they may call (Revoke only when granted explicitly). The admin token may call
-every method, on the subjects of the signing device's scope.
+only. App tokens carry a scope, the devices they were issued to (a token issued without
+devices binds to the first device that signs with it, unless it was issued as shared),
+and the methods they may call: Verify and Identify by default; Enroll, Rekey and Revoke
+only when granted by name. Below the scope, a subject belongs to the app (token) that
+enrolled it: only that app, or the admin, may add templates, rekey or revoke it. The
+admin token may call every method, on the subjects of the signing device's scope.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 
 DEFAULT_SCOPE = "default"
 AUTH_METHODS = ("Enroll", "Verify", "Identify", "Rekey", "Revoke")
-# Revoke deletes a subject: only the admin token, or a token granted it by name.
-DEFAULT_METHODS = frozenset({"Enroll", "Verify", "Identify", "Rekey"})
+# A camera's token decides, nothing more: writing templates is a grant of its own.
+DEFAULT_METHODS = frozenset({"Verify", "Identify"})
+WRITE_METHODS = frozenset({"Enroll", "Rekey", "Revoke"})
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Joins scope and subject id in the store; subject ids are printable, so never contain it.
 _SEP = "\x1f"
@@ -50,9 +54,10 @@ class Grant:
 
     app: str
     scope: str = DEFAULT_SCOPE
-    devices: frozenset[str] = frozenset()  # empty: any device of the scope
+    devices: frozenset[str] = frozenset()  # empty: shared by the scope, or not yet bound
     methods: frozenset[str] = DEFAULT_METHODS
     admin: bool = False
+    shared: bool = False  # issued for every device of the scope (opt-in)
 
 
 ADMIN_GRANT = Grant("admin", methods=frozenset(AUTH_METHODS), admin=True)
@@ -84,7 +89,7 @@ def authorize(grant: Grant, device: str, device_scope: str, method: str) -> Call
         if grant.devices and device not in grant.devices:
             raise AuthzError(f"the token was not issued to device {device!r}")
     if method not in grant.methods:
-        hint = ": Revoke needs the admin token or a token granted it" if method == "Revoke" else ""
+        hint = f": {method} must be granted by name" if method in WRITE_METHODS else ""
         raise AuthzError(f"the token may not call {method}{hint}")
     return Caller(grant.app, device, device_scope, grant.admin)
 

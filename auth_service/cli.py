@@ -8,6 +8,8 @@ from pathlib import Path
 from auth_service.admin_cli import add_connection_args, check_health
 from auth_service.admin_cli import env as _env
 from auth_service.admin_cli import register as register_admin
+from auth_service.audit_verify import register as register_audit
+from auth_service.console.cli import register as register_console
 from auth_service.db_cli import add_store_args
 from auth_service.db_cli import register as register_db
 from auth_service.shortlist import ENGINES
@@ -23,6 +25,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=int(_env("KFAAR_PORT", "50051")), help="$KFAAR_PORT")
     p.add_argument("--host", default=_env("KFAAR_HOST", "127.0.0.1"), help="$KFAAR_HOST")
     add_store_args(p)
+    p.add_argument(
+        "--create",
+        action="store_true",
+        default=_env("KFAAR_DB_CREATE", "") in ("1", "true", "yes"),
+        help="create the SQLite file (and its service key) if it does not exist; without "
+        "it a missing or empty database is refused: make it with `kfaar db init` "
+        "($KFAAR_DB_CREATE=1)",
+    )
+    p.add_argument(
+        "--service-key-file",
+        type=Path,
+        default=_env("KFAAR_SERVICE_KEY_FILE"),
+        help="the service's own key (audit checkpoint signatures, template integrity tags), "
+        "kept out of the database ($KFAAR_SERVICE_KEY_FILE; default: DB.key next to --db; "
+        "with --db-url, replicas must share one)",
+    )
+    p.add_argument(
+        "--integrity-check",
+        type=float,
+        default=_env("KFAAR_INTEGRITY_CHECK_S", "600"),
+        metavar="SECONDS",
+        help="seconds between integrity checks of the store; a failed one turns health "
+        "NOT_SERVING with the reason ($KFAAR_INTEGRITY_CHECK_S; default 600)",
+    )
     p.add_argument("--insecure", action="store_true", help="plaintext, for loopback only")
     p.add_argument("--tls-cert", type=Path, default=_env("KFAAR_TLS_CERT"), help="$KFAAR_TLS_CERT")
     p.add_argument("--tls-key", type=Path, default=_env("KFAAR_TLS_KEY"), help="$KFAAR_TLS_KEY")
@@ -43,6 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also accept RECOVERED (KVFA) templates: linkable across keys, opt-in",
     )
+    p.add_argument(
+        "--virtual-scopes",
+        default=_env("KFAAR_VIRTUAL_SCOPES", ""),
+        metavar="SCOPE,...",
+        help="scopes that accept VIRTUAL templates ('*': all). Off by default: VIRTUAL "
+        "embeddings are linkable across keys (D_sys 0.29; 6.8%% of one person's pairs "
+        "under two keys pass), KEYED ones are not ($KFAAR_VIRTUAL_SCOPES)",
+    )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: shipped)")
     p.add_argument(
         "--far",
@@ -51,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="operating point: the false-accept rate whose thresholds, calibrated per space "
         "in the bundle, decide; 1e-3 or 1e-4 ($KFAAR_OPERATING_FAR; default 1e-3)",
     )
+    p.add_argument("--require-liveness", action="append", default=[], metavar="SCOPE",
+                   help="refuse Verify/Identify from devices of SCOPE without passed liveness "
+                   "evidence (repeatable; also $KFAAR_REQUIRE_LIVENESS=a,b)")  # fmt: skip
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -135,13 +172,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     h.set_defaults(handler=_health)
     register_admin(sub)  # kfaar admin: scoped devices and tokens
+    register_console(sub)  # kfaar console: the operator console in the browser
     register_db(sub)  # kfaar db migrate
+    register_audit(sub)  # kfaar audit verify
 
 
 def _serve(args: argparse.Namespace) -> int:
     from auth_service.db_cli import check_db_url, redact
     from auth_service.index import IndexConfig
     from auth_service.index_sync import SyncConfig
+    from auth_service.liveness_policy import LivenessPolicy
     from auth_service.ratelimit import GuessBudgets
     from auth_service.server import ServerConfig, TLSFiles, serve_forever
     from auth_service.servicer import Policy
@@ -161,6 +201,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("--db-timeout must be a positive number of seconds")
     pool = _pool(args.db_pool, args.db_timeout) if args.db_url else None
     secrets = check_db_url(args.db_url) if args.db_url else ()
+    if not args.integrity_check > 0:
+        raise ValueError("--integrity-check must be a positive number of seconds")
     if not args.sync_poll > 0:
         raise ValueError("--sync-poll must be a positive number of seconds")
     if args.insecure == bool(args.tls_cert):
@@ -171,7 +213,8 @@ def _serve(args: argparse.Namespace) -> int:
     if tls is not None and not (tls.cert.is_file() and tls.key and tls.key.is_file()):
         raise FileNotFoundError("--tls-cert and --tls-key must name readable files")
     token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
-    policy = Policy.from_bundle(Bundle.load(args.bundle), args.allow_recovered, args.far)
+    virtual = frozenset(s.strip() for s in args.virtual_scopes.split(",") if s.strip())
+    policy = Policy.from_bundle(Bundle.load(args.bundle), args.allow_recovered, args.far, virtual)
     cfg = ServerConfig(
         db=args.db,
         policy=policy,
@@ -191,10 +234,16 @@ def _serve(args: argparse.Namespace) -> int:
         guess=guess,
         pool=pool,
         sync=SyncConfig(poll_s=args.sync_poll),
+        liveness=LivenessPolicy.from_env(args.require_liveness),
+        create_db=args.create,
+        service_key_file=args.service_key_file,
+        integrity_check_s=args.integrity_check,
     )
+    from auth_service.service_key import ServiceKeyError
+
     try:
         serve_forever(cfg)
-    except StoreError as exc:  # unreachable database, bad URL: a message, not a traceback
+    except (StoreError, ServiceKeyError) as exc:  # a missing database, bad URL: a message
         raise ValueError(redact(str(exc), secrets)) from None
     return 0
 

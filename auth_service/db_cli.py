@@ -38,7 +38,74 @@ def register(sub: argparse._SubParsersAction) -> None:
         "message (never the password) when the database cannot be opened.",
     )
     add_store_args(m)
+    _key_arg(m)
     m.set_defaults(handler=_migrate)
+    i = actions.add_parser(
+        "init",
+        help="create a new SQLite store and its service key",
+        description="Create the SQLite file --db (refused if it exists) at the current schema, "
+        "and the service key next to it (DB.key, or --service-key-file), which signs audit "
+        "checkpoints and tags templates. `kfaar serve` refuses a missing or empty database "
+        "unless this made it (or it runs with --create). PostgreSQL: `kfaar db migrate`.",
+    )
+    add_store_args(i)
+    _key_arg(i)
+    i.set_defaults(handler=_init)
+
+
+def _key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--service-key-file",
+        type=Path,
+        default=env("KFAAR_SERVICE_KEY_FILE"),
+        help="the service key ($KFAAR_SERVICE_KEY_FILE; default DB.key next to --db)",
+    )
+
+
+def _key_path(args: argparse.Namespace) -> Path | None:
+    from auth_service.service_key import default_path
+
+    if args.service_key_file:
+        return Path(args.service_key_file)
+    return None if args.db_url else default_path(args.db)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from auth_service import service_key
+    from auth_service.store import SqliteStore
+
+    if args.db_url:
+        raise ValueError("kfaar db init makes SQLite files; for PostgreSQL run kfaar db migrate")
+    if args.db.exists() and args.db.stat().st_size > 0:
+        raise ValueError(f"--db: {args.db} exists already; kfaar db migrate upgrades it")
+    if not args.db.parent.is_dir():
+        raise FileNotFoundError(f"--db: no folder {args.db.parent} for {args.db.name}")
+    key_path = _key_path(args)
+    key = service_key.load_or_create(key_path, create_missing=True)
+    store = SqliteStore(args.db)
+    store.service_key = key
+    try:
+        version = store.schema_version
+    finally:
+        store.close()
+    sys.stdout.write(f"created sqlite:{args.db} (schema version {version}), key {key_path}\n")
+    return 0
+
+
+def tag_untagged(store, key) -> int:
+    """Tag the templates an older schema stored without one; return how many."""
+    with store._read() as db:
+        rows = db.execute(
+            "SELECT id, subject_id, model, space, vector FROM templates WHERE tag IS NULL"
+        ).fetchall()
+
+    def run(db) -> int:
+        for rid, subject, model, space, vector in rows:
+            tag = key.tag(subject, model, space, bytes(vector))
+            db.execute("UPDATE templates SET tag = ? WHERE id = ?", (tag, rid))
+        return len(rows)
+
+    return int(store._tx(run)) if rows else 0
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:
@@ -119,7 +186,17 @@ def _migrate(args: argparse.Namespace) -> int:
         store = SqliteStore(args.db)
     try:
         version = store.schema_version
+        # Templates stored before integrity tags get theirs now, by the operator's hand:
+        # the service itself never tags a row it finds untagged.
+        key_path = _key_path(args)
+        tagged = 0
+        if key_path is not None:
+            from auth_service import service_key
+
+            tagged = tag_untagged(store, service_key.load_or_create(key_path, True))
     finally:
         store.close()
     sys.stdout.write(f"schema version {version}: {where}\n")
+    if tagged:
+        sys.stdout.write(f"tagged {tagged} templates stored before integrity tags\n")
     return 0

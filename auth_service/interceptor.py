@@ -4,16 +4,21 @@ Tokens travel as ``authorization: Bearer <token>`` metadata. The service keeps o
 BLAKE2b hashes of app tokens (in the store) and of the admin token (in memory). Device
 proofs are checked on the deserialized request, so the interceptor wraps each unary
 handler; stream probes are checked one by one by the servicer with the same verifier.
-Then the token's grant is checked against the device and method (auth_service/authz.py).
+Then the token's grant is checked against the device and method (auth_service/authz.py);
+a token issued without devices and not shared is bound to the first device that signs
+with it. Every refusal is audited, at most one row a second per caller
+(auth_service/refusals.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hmac
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 import nacl.encoding
@@ -31,6 +36,7 @@ from auth_service.authz import (
     authorize,
 )
 from auth_service.proof import NonceCache, ProofError, StoredNonces, verify
+from auth_service.refusals import RefusalAudit, peer_ip
 from auth_service.store import StoreUnavailable, TemplateStore
 
 log = logging.getLogger(__name__)
@@ -76,11 +82,25 @@ class DeviceVerifier:
         return request.proof.device_id, found[1]
 
 
+def bind_grant(store: TemplateStore, grant: Grant, device: str, scope: str) -> Grant:
+    """Bind an unbound, unshared token to ``device``, its first verified signer."""
+    if grant.admin or grant.shared or grant.devices or grant.scope != scope:
+        return grant  # nothing to bind (a scope mismatch is refused by authorize)
+    return replace(grant, devices=frozenset(store.bind_token(grant.app, device)))
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Admin token for AdminService; app or admin token plus a device proof for AuthService."""
 
-    def __init__(self, store: TemplateStore, verifier: DeviceVerifier, admin_hash: bytes | None):
+    def __init__(
+        self,
+        store: TemplateStore,
+        verifier: DeviceVerifier,
+        admin_hash: bytes | None,
+        refusals: RefusalAudit | None = None,
+    ):
         self.store, self.verifier, self.admin_hash = store, verifier, admin_hash
+        self.refusals = refusals or RefusalAudit(store)
 
     def _grant(self, metadata: tuple | None) -> Grant | None:
         token = bearer(metadata)
@@ -89,17 +109,37 @@ class AuthInterceptor(grpc.ServerInterceptor):
         h = token_hash(token)
         if self.admin_hash is not None and hmac.compare_digest(h, self.admin_hash):
             return ADMIN_GRANT
-        found = self.store.token_grant(h)
+        found = self.store.token_row(h)
         if found is None:
             return None
-        app, scope, devices, methods = found
-        return Grant(app, scope, frozenset(devices), frozenset(methods) or DEFAULT_METHODS)
+        app, scope, devices, methods, shared = found
+        methods = frozenset(methods) or DEFAULT_METHODS
+        return Grant(app, scope, frozenset(devices), methods, shared=shared)
+
+    def bound(self, grant: Grant, device: str, scope: str) -> Grant:
+        """Bind an unbound, unshared token to its first device (whose proof was verified)."""
+        return bind_grant(self.store, grant, device, scope)
+
+    def refused(self, context, device: str | None, method: str, code, why: str) -> None:
+        """Audit a refusal (aggregated per caller) and abort the call with it."""
+        caller = device or f"peer {peer_ip(context.peer())}"
+        outcome = f"refused: {code.name} ({why})"
+        if device is None:
+            outcome += f" from {peer_ip(context.peer())}"
+        # The refusal stands even when it cannot be recorded; the store's failure is
+        # reported on its own (health, logs).
+        with contextlib.suppress(StoreUnavailable):
+            self.refusals.record(caller, device, method, None, outcome)
+        context.abort(code, why)
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         method = details.method
         if handler is None or not method.startswith((AUTH_SERVICE, ADMIN_SERVICE)):
             return handler  # health checks and reflection stay open
+        if self.store.fault is not None:  # a failed integrity check: serve nothing from it
+            why = f"this replica's store failed an integrity check: {self.store.fault}"
+            return _refuse(handler, grpc.StatusCode.UNAVAILABLE, why)
         try:
             grant = self._grant(details.invocation_metadata)
         except StoreUnavailable as exc:
@@ -107,7 +147,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         role = None if grant is None else "admin" if grant.admin else "app"
         if role is None or (method.startswith(ADMIN_SERVICE) and role != "admin"):
             why = "missing or unknown token" if role is None else "admin token required"
-            return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, why)
+            name = method.rsplit("/", 1)[-1]
+            return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, why, self, name)
         if handler.unary_unary is None:  # the stream checks each probe itself
             return _with_role(handler, role, grant)
         inner = handler.unary_unary
@@ -120,17 +161,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
 
         def authorized(request: Message, context: grpc.ServicerContext):
+            name = method.rsplit("/", 1)[-1]
             if verifier is not None:
                 try:
                     device, scope = verifier.check_device(method, request)
                 except ProofError as exc:
                     log.info("refused %s: %s", method, exc)
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, f"device proof: {exc}")
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                    self.refused(context, None, name, code, f"device proof: {exc}")
                 try:
-                    CALLER.set(authorize(grant, device, scope, method.rsplit("/", 1)[-1]))
+                    CALLER.set(authorize(self.bound(grant, device, scope), device, scope, name))
                 except AuthzError as exc:
                     log.info("refused %s: %s", method, exc)
-                    context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                    self.refused(context, device, name, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             CALLER_ROLE.set(role)
             return inner(request, context)
 
@@ -139,8 +182,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         )
 
 
-def _refuse(handler, code: grpc.StatusCode, message: str):
+def _refuse(
+    handler,
+    code: grpc.StatusCode,
+    message: str,
+    audit: AuthInterceptor | None = None,
+    method: str = "",
+):
     def abort(request_or_iterator, context: grpc.ServicerContext):
+        if audit is not None:
+            audit.refused(context, None, method, code, message)
         context.abort(code, message)
 
     if handler.unary_unary is not None:

@@ -77,9 +77,19 @@ class Policy:
     far: float | None = None  # the calibrated false-accept rate of the thresholds
     # space -> threshold for probes fused from several views of one face (same FAR)
     fused: dict[int, float] = field(default_factory=dict)
+    # The scopes that accept VIRTUAL templates ("*": all). VIRTUAL embeddings are linkable
+    # across keys (issue 20: D_sys 0.29, 6.8% of cross-key pairs pass), so `kfaar serve`
+    # accepts them only where a scope opts in; None (a policy built in code) accepts them.
+    virtual_scopes: frozenset[str] | None = None
 
     @classmethod
-    def from_bundle(cls, bundle, allow_recovered: bool = False, far: float = DEFAULT_FAR) -> Policy:
+    def from_bundle(
+        cls,
+        bundle,
+        allow_recovered: bool = False,
+        far: float = DEFAULT_FAR,
+        virtual_scopes: frozenset[str] | None = None,
+    ) -> Policy:
         """Accept the bundle's model version at the thresholds calibrated for ``far``.
 
         VIRTUAL and KEYED are accepted whenever the bundle is calibrated for them;
@@ -94,23 +104,58 @@ class Policy:
             raise PolicyError(f"the bundle has no VIRTUAL or KEYED threshold at {far_label(far)}")
         fused = operating_thresholds(bundle.manifest, far, fused=True)
         fused_ids = {SPACES_BY_NAME[n]: t for n, t in fused.items() if n in names}
-        return cls(f"hpvfg/{bundle.version}", thresholds, far, fused_ids)
+        return cls(f"hpvfg/{bundle.version}", thresholds, far, fused_ids, virtual_scopes)
 
-    def threshold(self, probe: common_pb2.Embedding) -> float:
-        """The threshold deciding ``probe``: its space's, for a single or a fused probe.
+    def allowed(self, space: int, scope: str) -> None:
+        """Refuse VIRTUAL embeddings from a scope that has not opted in to them."""
+        opted = self.virtual_scopes
+        if space != common_pb2.EMBEDDING_SPACE_VIRTUAL or opted is None:
+            return
+        if "*" not in opted and scope not in opted:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"VIRTUAL templates are off in scope {scope!r}: they are linkable across keys "
+                "(docs/SECURITY.md); use KEYED, or opt the scope in with --virtual-scopes",
+            )
 
-        Without a fused calibration a fused probe is held to the single-probe threshold
-        (its false-accept rate is then above the operating point: docs/MODEL_CARD.md).
+    def threshold(self, probe: common_pb2.Embedding, single_view: bool = False) -> float:
+        """The threshold deciding ``probe``, whatever it declares.
+
+        ``fused_views`` is the device's word, and a device that fuses but declares a single
+        view would be decided at the laxer single-frame threshold (issue 20: 3.7x the
+        false accepts). So a probe is held to the stricter of its space's single-frame and
+        fused calibrations, unless its device was registered as single-frame (the admin's
+        word, not the device's). Without a fused calibration: the single-frame threshold
+        (a fused probe's false-accept rate is then above the operating point).
         """
-        if probe.fused_views > 1 and probe.space in self.fused:
-            return self.fused[probe.space]
-        return self.thresholds[probe.space]
+        return self.space_threshold(probe.space, single_view)
+
+    def space_threshold(self, space: int, single_view: bool = False) -> float:
+        """The threshold the probes of ``space`` from such a device are decided at."""
+        if single_view:
+            return self.thresholds[space]
+        return max(self.thresholds[space], self.fused.get(space, float("-inf")))
 
     def operating_point(self, space: int, fused: bool = False) -> str:
-        """Name the operating point that decides in ``space``: model, space, FAR."""
+        """Name the operating point that decides in ``space``: model, space, FAR.
+
+        ``fused``: the decision is held to the fused calibration (every device but one
+        registered single-frame).
+        """
         rate = f" FAR {far_label(self.far)}" if self.far is not None else ""
-        kind = " fused" if fused and space in self.fused else ""
+        kind = " fused" if fused and self.fused.get(space, -1.0) >= self.thresholds[space] else ""
         return f"{self.model} {SPACE_NAMES.get(space, space)}{kind}{rate}"
+
+    def decided_at(self, space: int, single_view: bool = False):
+        """Return the OperatingPoint message of ``space`` for a reply."""
+        from kfaar_pb.v1 import auth_pb2
+
+        return auth_pb2.OperatingPoint(
+            model=self.model,
+            space=space,
+            far=self.far or 0.0,
+            threshold=self.space_threshold(space, single_view),
+        )
 
     def describe(self) -> str:
         """One line for the start-up log: every accepted space with its threshold."""
@@ -120,7 +165,14 @@ class Policy:
             for s, t in self.thresholds.items()
         )
         rate = far_label(self.far) if self.far is not None else "uncalibrated"
-        return f"model {self.model}, operating point FAR {rate}: {spaces}"
+        line = f"model {self.model}, operating point FAR {rate}: {spaces}"
+        if self.fused:
+            line += "; every probe is decided at its space's stricter threshold"
+        virtual = common_pb2.EMBEDDING_SPACE_VIRTUAL
+        if virtual in self.thresholds and self.virtual_scopes is not None:
+            opted = ", ".join(sorted(self.virtual_scopes)) or "none"
+            line += f"; VIRTUAL accepted in scopes: {opted}"
+        return line
 
     def check(self, emb: common_pb2.Embedding) -> np.ndarray:
         """Validate one embedding's tags and values; return it as a unit vector."""

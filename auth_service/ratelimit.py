@@ -10,7 +10,14 @@ Lock-out of an owner by a third party: the tight per-subject budget is kept per 
 device) pair, so a stranger's misses on alice only lock out the stranger's device. A
 looser subject-wide budget bounds guessing spread over many devices; a device that has
 matched the subject before is exempt from it, so the owner's own door is never locked
-out by others, and a new device waits at most 3600 / per_hour seconds at a time.
+out by others, and a new device waits at most 3600 / per_hour seconds at a time. In the
+same way, a device that has matched anyone under its token is exempt from the token-wide
+budget (strangers sharing the token cannot spend its allowance; its own device budget
+still holds it).
+
+A match never gives misses back: the pair budget is not emptied by a match, so a device
+whose face sits in a subject cannot interleave matches to guess more (issue 20: 50
+evaluated misses instead of 5).
 """
 
 from __future__ import annotations
@@ -84,7 +91,8 @@ class Ticket:
 
     taken: dict[str, str]
     proven_key: str | None
-    marked: bool = True  # a match has nothing to write: the device is marked, its pair empty
+    marked: bool = True  # a match has nothing to write: the device is already marked
+    token_proven_key: str | None = None
 
 
 class GuessLimiter:
@@ -104,6 +112,7 @@ class GuessLimiter:
         """Return the budgets a call draws on, or raise Exhausted when one has no room."""
         keys = {"device": f"device{_SEP}{device}", "token": f"token{_SEP}{token}"}
         proven_key = None
+        token_proven = f"tproven{_SEP}{token}{_SEP}{device}"
         if subject is not None:
             keys["pair"] = f"pair{_SEP}{subject}{_SEP}{device}"
             keys["subject"] = f"subject{_SEP}{subject}"
@@ -111,24 +120,26 @@ class GuessLimiter:
         now = self.clock()
 
         # A read, not a transaction: calls are charged when decided (see the class).
-        rows = self.store.budgets([*keys.values(), *filter(None, [proven_key])])
+        rows = self.store.budgets([*keys.values(), token_proven, *filter(None, [proven_key])])
         taken = dict(keys)
         if proven_key in rows:  # this device has matched the subject: exempt, see above
             del taken["subject"]
+        if token_proven in rows:  # it has matched under this token: strangers cannot spend it
+            del taken["token"]
         levels = {k: getattr(self.budgets, k).level(rows.get(key), now) for k, key in taken.items()}
         waits = {k: getattr(self.budgets, k).wait(v) for k, v in levels.items()}
         kind = max(waits, key=waits.get)
         if waits[kind] > 0:
             raise Exhausted(kind, waits[kind])
-        marked = proven_key is None or (proven_key in rows and levels["pair"] == 0)
-        return Ticket(taken, proven_key, marked)
+        marked = (proven_key is None or proven_key in rows) and token_proven in rows
+        return Ticket(taken, proven_key, marked, token_proven)
 
     def settle(self, ticket: Ticket, matched: bool) -> None:
-        """Charge a miss to every budget of the call; a match empties its pair budget instead.
+        """Charge a miss to every budget of the call; a match charges nothing.
 
         A match marks the device as one that has matched the subject (exempt from the
-        subject-wide budget) and charges nothing, but gives nothing back either: earlier
-        misses stay charged to the device and token.
+        subject-wide budget) and the token (exempt from the token-wide one), but gives
+        nothing back: earlier misses stay charged to the device, token and pair.
         """
         if matched and ticket.marked:
             return  # the common case of an owner's match writes nothing
@@ -136,10 +147,8 @@ class GuessLimiter:
 
         def run(rows: dict[str, tuple[float, float]]):
             if matched:
-                writes = {k: (0.0, now) for kind, k in ticket.taken.items() if kind == "pair"}
-                if ticket.proven_key:
-                    writes[ticket.proven_key] = (0.0, now)
-                return writes, None
+                marks = [ticket.proven_key, ticket.token_proven_key]
+                return {k: (0.0, now) for k in marks if k}, None
             return {
                 key: (getattr(self.budgets, kind).level(rows.get(key), now) + 1, now)
                 for kind, key in ticket.taken.items()

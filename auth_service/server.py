@@ -12,16 +12,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+import nacl.utils
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auth_service import service_key
+from auth_service.health import ReasonedHealth, Watchdog
 from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
 from auth_service.index_sync import IndexFollower, SyncConfig
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
+from auth_service.liveness_policy import LivenessPolicy
 from auth_service.metrics import Metrics, MetricsInterceptor
 from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
 from auth_service.ratelimit import GuessBudgets, GuessLimiter
+from auth_service.refusals import RefusalAudit
 from auth_service.servicer import AdminServicer, AuthServicer, Policy
 from auth_service.store import SqliteStore, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
@@ -60,6 +65,14 @@ class ServerConfig:
     idempotency_ttl_s: float = DEFAULT_TTL_S  # how long a write's reply answers its retries
     pool: PoolConfig | None = None  # PostgreSQL connection pool (None: defaults)
     sync: SyncConfig = field(default_factory=SyncConfig)  # following other replicas' writes
+    liveness: LivenessPolicy | None = None  # None: scopes from $KFAAR_REQUIRE_LIVENESS
+    # Create a missing SQLite file (and its service key). `kfaar serve` leaves it off unless
+    # --create: a deleted or truncated database must not come back empty (issue 20).
+    create_db: bool = True
+    # The service key (audit checkpoints, template tags); None: DB.key next to SQLite, and
+    # for PostgreSQL $KFAAR_SERVICE_KEY_FILE (unset: neither tags nor signatures).
+    service_key_file: Path | None = None
+    integrity_check_s: float = 600.0  # seconds between integrity checks of the store
 
 
 @dataclass
@@ -67,15 +80,26 @@ class Running:
     server: grpc.Server
     port: int
     store: TemplateStore
-    health: health.HealthServicer
+    health: ReasonedHealth
     metrics: Metrics
     follower: IndexFollower
+    watchdog: Watchdog | None = None
+    refusals: RefusalAudit | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain: refuse new calls, let running ones finish for ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.follower.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.store.fault is None:  # pending refusal counts, then the chain head, signed
+            try:
+                if self.refusals is not None:
+                    self.refusals.flush()
+                self.store.audit_checkpoint()
+            except Exception as exc:  # the store is gone: nothing more to record
+                log.warning("could not close the audit trail: %s", exc)
 
 
 def open_store(cfg: ServerConfig) -> TemplateStore:
@@ -84,19 +108,62 @@ def open_store(cfg: ServerConfig) -> TemplateStore:
         from auth_service.store_postgres import PostgresStore
 
         return PostgresStore(cfg.db_url, cfg.pool)
-    return SqliteStore(cfg.db)
+    return SqliteStore(cfg.db, create=cfg.create_db)
+
+
+def load_service_key(
+    cfg: ServerConfig, store: TemplateStore | None = None
+) -> service_key.ServiceKey | None:
+    """Load the service key the config names; create a missing one only for a new store.
+
+    A store that already holds tagged templates needs its own key back: a fresh one would
+    refuse every template (restore the key file instead).
+    """
+    path = cfg.service_key_file
+    if path is None and not cfg.db_url and str(cfg.db) == ":memory:":
+        return service_key.ServiceKey(nacl.utils.random(service_key.SEED_BYTES))  # dies with it
+    if path is None and not cfg.db_url:
+        path = service_key.default_path(cfg.db)
+    if path is None:
+        log.warning(
+            "no service key ($%s): templates carry no integrity tag and audit checkpoints "
+            "are not signed",
+            service_key.KEY_ENV,
+        )
+        return None
+    if not Path(path).exists() and store is not None and store.has_tagged_templates():
+        raise service_key.ServiceKeyError(
+            f"no service key at {path}, but the database holds templates tagged with one: "
+            "restore that key file"
+        )
+    return service_key.load_or_create(Path(path), cfg.create_db)
 
 
 def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     """Start the server; port 0 binds a free port (see ``Running.port``)."""
-    store = store or open_store(cfg)
+    opened, store = store is None, store or open_store(cfg)
+    if getattr(store, "service_key", None) is None:
+        try:
+            store.service_key = load_service_key(cfg, store)
+        except service_key.ServiceKeyError:
+            if opened:
+                store.close()
+            raise
+    health_servicer = ReasonedHealth()
+    store.on_fault = health_servicer.unhealthy
+    watchdog = Watchdog(store, cfg.integrity_check_s)
+    watchdog.check()  # before serving: a damaged store starts NOT_SERVING, with the reason
+    refusals = RefusalAudit(store)
     metrics = Metrics()
     # Nonces are spent in the store: a replay stays refused across restarts and replicas.
     verifier = DeviceVerifier(store, StoredNonces(store, cfg.window_ms))
     admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers),
-        interceptors=[MetricsInterceptor(metrics), AuthInterceptor(store, verifier, admin_hash)],
+        interceptors=[
+            MetricsInterceptor(metrics),
+            AuthInterceptor(store, verifier, admin_hash, refusals),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -114,6 +181,8 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         metrics,
         cfg.index,
         idempotency_ttl_s=cfg.idempotency_ttl_s,
+        liveness=cfg.liveness,
+        refusals=refusals,
     )
     # Changes committed after this point reach the indexes through the follower; the ones
     # the loads below already saw are applied again, which is harmless.
@@ -126,11 +195,11 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         metrics.sync_lag.observe,
     )
     for space in cfg.policy.thresholds:  # load (and for big galleries, build) before serving
-        auth.index(space)
+        if store.fault is None:
+            auth.index(space)
     follower.start()
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     auth_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store), server)
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in auth_pb2.DESCRIPTOR.services_by_name.values()]
     reflection.enable_server_reflection(
@@ -150,11 +219,13 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     server.start()
     if cfg.metrics_port is not None:
         metrics.serve(cfg.metrics_port, cfg.host)
-    for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.serving(names)
+    if store.fault is not None:
+        log.error("NOT_SERVING: %s", store.fault)
+    watchdog.start()
     log.info("serving on %s:%d (%s)", cfg.host, port, "TLS" if cfg.tls else "plaintext")
     log.info("%s", cfg.policy.describe())
-    return Running(server, port, store, health_servicer, metrics, follower)
+    return Running(server, port, store, health_servicer, metrics, follower, watchdog, refusals)
 
 
 def serve_forever(cfg: ServerConfig, grace: float = 5.0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import grpc
 from google.protobuf.message import Message
@@ -19,12 +20,12 @@ from auth_service.authz import (
     authorize,
     key_scope,
     key_subject,
-    shown,
     subject_key,
 )
 from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache
 from auth_service.index import IndexConfig, SearchIndex, build_index
-from auth_service.interceptor import CALLER_ROLE, DeviceVerifier
+from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, bind_grant
+from auth_service.liveness_policy import LivenessPolicy
 from auth_service.metrics import Metrics
 from auth_service.policy import (  # noqa: F401  (Policy and RequestError are imported from here)
     MAX_TEMPLATES,
@@ -34,7 +35,8 @@ from auth_service.policy import (  # noqa: F401  (Policy and RequestError are im
 )
 from auth_service.proof import ProofError
 from auth_service.ratelimit import Exhausted, GuessLimiter, Ticket
-from auth_service.store import Gallery, TemplateStore
+from auth_service.refusals import RefusalAudit
+from auth_service.store import CapReached, Gallery, NotOwner, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ MAX_TOP_K = 10
 # Templates one subject may hold in all, across Enrolls: more only slow its Verify down
 # (and widen what an impostor can match); Rekey replaces them instead.
 MAX_TEMPLATES_PER_SUBJECT = 32
+# The owner recorded for subjects the admin token enrolled: no app name can equal it.
+ADMIN_OWNER = "\x00admin"
 
 
 def _subject(subject_id: str) -> str:
@@ -61,8 +65,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         metrics: Metrics,
         index_config: IndexConfig | None = None,
         idempotency_ttl_s: float = DEFAULT_TTL_S,
+        liveness: LivenessPolicy | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
+        self.refusals = refusals or RefusalAudit(store)
+        self.liveness = liveness or LivenessPolicy.from_env()
         self.replies = ReplyCache(store, idempotency_ttl_s)
         self.guesses = guesses
         # The 1:N indexes, one per embedding space and scope, loaded from the store on first
@@ -154,23 +162,70 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             self.metrics.guess_refusals.labels(exc.kind).inc()
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
+    def _owner_only(self, caller: Caller, key: str, subject: str, what: str) -> None:
+        """Refuse a change to a subject that another app owns (PERMISSION_DENIED).
+
+        A subject belongs to the app (token) that enrolled it. Without this, any device of
+        the scope whose token may enroll could add its own face to alice and pass as her,
+        or rekey her templates away (issue 20).
+        """
+        if caller.admin:
+            return
+        owner = self.store.subject_owner(key)
+        if owner == caller.app:
+            return
+        whose = "no app (it predates ownership)" if owner is None else "another app"
+        raise RequestError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"subject {subject!r} belongs to {whose}: only its owner or the admin may {what} it",
+        )
+
+    def _single_view(self, caller: Caller, probe) -> bool:
+        """Return whether the caller's device was registered single-frame (refuse its fusing)."""
+        single = self.store.device_single_view(caller.device)
+        if single and probe.fused_views > 1:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "this device is registered single-frame: its probes may not be fused "
+                "(register it again without --single-view)",
+            )
+        return single
+
     # -- the decisions, shared by unary calls and the stream --------------------------
     def _enroll(self, req: auth_pb2.EnrollRequest) -> auth_pb2.EnrollReply:
         caller = self._caller(req)
         subject = _subject(req.subject_id)
         key = subject_key(caller.scope, subject)
         vecs, space = self.policy.batch(req.templates)
+        self.policy.allowed(space, caller.scope)
 
         def write() -> int:
-            held = len(self.store.subject_templates(key)[0])
-            if held + len(vecs) > MAX_TEMPLATES_PER_SUBJECT:
+            owner = ADMIN_OWNER if caller.admin else caller.app
+            try:  # claim, ownership, cap and insert in one transaction, the subject locked
+                n = self.store.enroll_owned(
+                    key,
+                    owner,
+                    caller.device,
+                    caller.admin,
+                    self.policy.model,
+                    space,
+                    vecs,
+                    MAX_TEMPLATES_PER_SUBJECT,
+                )
+            except NotOwner as exc:
+                whose = "no app (it predates ownership)" if exc.owner is None else "another app"
+                raise RequestError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"subject {subject!r} belongs to {whose}: only its owner or the admin "
+                    "may add templates to it",
+                ) from None
+            except CapReached as exc:
                 raise RequestError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"subject {subject!r} holds {held} templates, at most "
+                    f"subject {subject!r} holds {exc.held} templates, at most "
                     f"{MAX_TEMPLATES_PER_SUBJECT} in all: rekey to replace them",
-                )
-            n = self.store.enroll(key, self.policy.model, space, vecs)
-            self.store.audit(caller.device, "Enroll", shown(key), f"{n} stored")
+                ) from None
+            self.store.audit(caller.device, "Enroll", key, f"{n} stored")
             return n
 
         n = self._write(key, write)
@@ -181,12 +236,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         subject = _subject(req.subject_id)
         key = subject_key(caller.scope, subject)
         probe = self.policy.check(req.probe)
+        self.policy.allowed(req.probe.space, caller.scope)
+        audit = partial(self.store.audit, caller.device, "Verify", key)
+        self.liveness.check(caller.scope, req, audit)
         ticket = self._take(caller, key)
         tags, vecs = self.store.subject_templates(key)
         if not tags:  # a miss like any other (guessing ids costs too)
             self.guesses.settle(ticket, matched=False)
             self.metrics.guess_failures.labels("Verify").inc()
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
+        single = self._single_view(caller, req.probe)
         usable = [i for i, t in enumerate(tags) if t == (self.policy.model, req.probe.space)]
         if not usable:
             held = ", ".join(sorted({f"{m} {SPACE_NAMES.get(sp, sp)}" for m, sp in tags}))
@@ -197,16 +256,17 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 "the subject with the current model",
             )
         score = float((vecs[usable] @ probe).max())
-        match = score >= self.policy.threshold(req.probe)
+        match = score >= self.policy.threshold(req.probe, single)
         self.guesses.settle(ticket, match)
         if not match:
             self.metrics.guess_failures.labels("Verify").inc()
         decision = "accept" if match else "reject"
         self.metrics.decisions.labels(decision).inc()
-        self.store.audit(caller.device, "Verify", shown(key), decision)
+        self.store.audit(caller.device, "Verify", key, decision)
         reply = auth_pb2.VerifyReply(
             match=match,
-            operating_point=self.policy.operating_point(req.probe.space, req.probe.fused_views > 1),
+            operating_point=self.policy.operating_point(req.probe.space, not single),
+            decided_at=self.policy.decided_at(req.probe.space, single),
         )
         if CALLER_ROLE.get() == "admin":
             reply.score = score
@@ -215,13 +275,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def _identify(self, req: auth_pb2.IdentifyRequest) -> auth_pb2.IdentifyReply:
         caller = self._caller(req)
         probe = self.policy.check(req.probe)
+        self.policy.allowed(req.probe.space, caller.scope)
+        audit = partial(self.store.audit, caller.device, "Identify", None)
+        self.liveness.check(caller.scope, req, audit)
         top_k = req.top_k or 1
         if not 1 <= top_k <= MAX_TOP_K:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1 to {MAX_TOP_K}")
         ticket = self._take(caller, None)
-        thr = self.policy.threshold(req.probe)
-        point = self.policy.operating_point(req.probe.space, req.probe.fused_views > 1)
-        reply = auth_pb2.IdentifyReply(operating_point=point)
+        single = self._single_view(caller, req.probe)
+        thr = self.policy.threshold(req.probe, single)
+        point = self.policy.operating_point(req.probe.space, not single)
+        reply = auth_pb2.IdentifyReply(
+            operating_point=point, decided_at=self.policy.decided_at(req.probe.space, single)
+        )
         for score, key in self.index(req.probe.space, caller.scope).search(probe, thr, top_k):
             c = reply.candidates.add(subject_id=key_subject(key))
             if CALLER_ROLE.get() == "admin":
@@ -235,11 +301,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def _revoke(self, req: auth_pb2.RevokeRequest) -> auth_pb2.RevokeReply:
         caller = self._caller(req)
-        key = subject_key(caller.scope, _subject(req.subject_id))
+        subject = _subject(req.subject_id)
+        key = subject_key(caller.scope, subject)
+        if not self.store.subject_templates(key)[0]:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
+        self._owner_only(caller, key, subject, "revoke")
         n = self._write(key, lambda: self.store.revoke(key))
         if n == 0:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {req.subject_id!r}")
-        self.store.audit(caller.device, "Revoke", shown(key), f"{n} removed")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
+        self.store.audit(caller.device, "Revoke", key, f"{n} removed")
         return auth_pb2.RevokeReply(templates_removed=n)
 
     def _rekey(self, req: auth_pb2.RekeyRequest) -> auth_pb2.RekeyReply:
@@ -247,10 +317,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         subject = _subject(req.subject_id)
         key = subject_key(caller.scope, subject)
         vecs, space = self.policy.batch(req.templates)
+        self.policy.allowed(space, caller.scope)
         if not self.store.subject_templates(key)[0]:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
+        self._owner_only(caller, key, subject, "rekey")
         n = self._write(key, lambda: self.store.replace(key, self.policy.model, space, vecs))
-        self.store.audit(caller.device, "Rekey", shown(key), f"{n} stored")
+        self.store.audit(caller.device, "Rekey", key, f"{n} stored")
         return auth_pb2.RekeyReply(templates_stored=n)
 
     # -- gRPC entry points ------------------------------------------------------------
@@ -264,8 +336,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             return fn(req)
         except RequestError as exc:
             self.metrics.refusals.labels(exc.code.name).inc()
-            self.store.audit(req.proof.device_id, name, None, f"refused: {exc.code.name}")
+            self._audit_refusal(req.proof.device_id, name, exc)
             context.abort(exc.code, str(exc))
+
+    def _audit_refusal(self, device: str, method: str, exc: RequestError) -> None:
+        """Audit a refusal: one row a second per device at most, counting the others."""
+        self.refusals.record(device, device, method, None, f"refused: {exc.code.name} ({exc})")
 
     def Enroll(self, request, context):
         return self._run("Enroll", self._enroll, request, auth_pb2.EnrollReply, context)
@@ -300,6 +376,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 try:
                     caller = Caller("", device, scope)
                     if grant is not None:
+                        grant = bind_grant(self.store, grant, device, scope)
                         caller = authorize(grant, device, scope, kind.capitalize())
                 except AuthzError as exc:
                     raise RequestError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
@@ -310,4 +387,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     out.identify.CopyFrom(self._identify(req))
             except RequestError as exc:
                 out.error_code, out.error_message = exc.code.value[0], str(exc)
+                self._audit_stream_refusal(probe, kind, exc, context)
             yield out
+
+    def _audit_stream_refusal(self, probe, kind: str | None, exc: RequestError, context) -> None:
+        """Audit a refused probe like a refused call (aggregated per device or peer)."""
+        req = getattr(probe, kind) if kind else None
+        claimed = req.proof.device_id if req is not None else ""
+        device = claimed if exc.code != grpc.StatusCode.UNAUTHENTICATED and claimed else None
+        who = device or f"peer {context.peer()}"
+        method = kind.capitalize() if kind else "StreamAuthenticate"
+        self.refusals.record(
+            who, device, method, None, f"refused: {exc.code.name} ({exc}) [stream]"
+        )

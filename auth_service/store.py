@@ -8,20 +8,23 @@ replies kept for idempotent retries; and an audit log without embeddings.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from auth_service import changelog
+from auth_service import changelog, store_security
+from auth_service.audit import AuditChain
 from auth_service.changelog import ChangeLog
 from auth_service.store_guard import SQLITE_MIGRATION, GuardStore
+from auth_service.store_security import SecurityStore
+
+log = logging.getLogger(__name__)
 
 EMBED_DIM = 128
 
@@ -76,6 +79,8 @@ MIGRATIONS = (
     SQLITE_MIGRATION,
     # 4: the change log that replicas' indexes follow (auth_service/changelog.py).
     changelog.SQLITE_MIGRATION,
+    # 5: subject owners, token binding, template tags, the audit chain (store_security.py).
+    store_security.SQLITE_MIGRATION,
 )
 
 # Expired cached replies are deleted at most this often (seconds), by the next write.
@@ -90,12 +95,36 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached right now; the call may be retried."""
 
 
+class StoreCorrupt(StoreUnavailable):
+    """The database failed a page read or an integrity check: this replica stops serving."""
+
+
+class StoreMissing(StoreError):
+    """The database does not exist (or is an empty file) and was not to be created."""
+
+
 class ReplyConflict(StoreError):
     """An idempotency key already names another request of the same device."""
 
     def __init__(self, method: str) -> None:
         super().__init__(f"idempotency key already used for a different {method} request")
         self.method = method
+
+
+class NotOwner(StoreError):
+    """A subject belongs to another app (None: to nobody, it predates ownership)."""
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__(f"the subject belongs to {owner!r}")
+        self.owner = owner
+
+
+class CapReached(StoreError):
+    """A subject holds too many templates to take more."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(f"the subject holds {held} templates")
+        self.held = held
 
 
 class _RacedInsert(Exception):
@@ -170,7 +199,12 @@ class TemplateStore(ABC):
 
     @abstractmethod
     def audit(
-        self, device_id: str | None, method: str, subject: str | None, outcome: str
+        self,
+        device_id: str | None,
+        method: str,
+        subject: str | None,
+        outcome: str,
+        count: int = 1,
     ) -> None: ...
 
 
@@ -187,7 +221,7 @@ def _blob(vectors: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in v]
 
 
-class SqlStore(ChangeLog, GuardStore, TemplateStore):
+class SqlStore(AuditChain, SecurityStore, ChangeLog, GuardStore, TemplateStore):
     """The SQL both backends share; they supply ``_read``, ``_tx`` and migrations.
 
     Statements use ``?`` placeholders and only SQL that SQLite and PostgreSQL both accept
@@ -195,6 +229,21 @@ class SqlStore(ChangeLog, GuardStore, TemplateStore):
     """
 
     _purged_at = float("-inf")
+    # Why this store must not serve (a failed integrity check or page read), else None.
+    fault: str | None = None
+    on_fault: Callable[[str], None] | None = None
+
+    def mark_faulty(self, reason: str) -> None:
+        """Record that the store failed; the server reports NOT_SERVING with ``reason``."""
+        if self.fault is None:
+            log.error("the template store is unhealthy: %s", reason)
+        self.fault = self.fault or reason
+        if self.on_fault is not None:
+            self.on_fault(self.fault)
+
+    def integrity_problems(self) -> list[str]:
+        """Return what an integrity check finds wrong (nothing: an empty list)."""
+        return []
 
     @abstractmethod
     def _tx(self, fn: Callable[[Any], object]) -> object:
@@ -208,10 +257,14 @@ class SqlStore(ChangeLog, GuardStore, TemplateStore):
         self, db: sqlite3.Connection, subject: str, model: str, space: int, rows: list[bytes]
     ) -> int:
         now = time.time()
+        key = self.service_key
         db.executemany(
-            "INSERT INTO templates (subject_id, model, space, vector, created) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(subject, model, space, r, now) for r in rows],
+            "INSERT INTO templates (subject_id, model, space, vector, created, tag) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (subject, model, space, r, now, key and key.tag(subject, model, space, r))
+                for r in rows
+            ],
         )
         self._log_change(db, subject)
         return len(rows)
@@ -219,6 +272,59 @@ class SqlStore(ChangeLog, GuardStore, TemplateStore):
     def enroll(self, subject: str, model: str, space: int, vectors: np.ndarray) -> int:
         rows = _blob(vectors)
         return self._tx(lambda db: self._insert(db, subject, model, space, rows))
+
+    def enroll_owned(
+        self,
+        subject: str,
+        owner: str,
+        device: str,
+        admin: bool,
+        model: str,
+        space: int,
+        vectors: np.ndarray,
+        cap: int,
+    ) -> int:
+        """Add templates as ``owner`` in one transaction: claim, ownership, cap, insert.
+
+        A new subject is claimed for ``owner``; an existing one takes templates only from
+        its owner (or ``admin``), and only up to ``cap`` in all. The subject is locked
+        first, so replicas enrolling it at once cannot both pass the cap check.
+        """
+        rows = _blob(vectors)
+
+        def run(db: Any) -> int:
+            self._lock_subject(db, subject)
+            found = db.execute(
+                "SELECT app FROM subject_owners WHERE subject_id = ?", (subject,)
+            ).fetchone()
+            held = int(
+                db.execute(
+                    "SELECT COUNT(*) FROM templates WHERE subject_id = ?", (subject,)
+                ).fetchone()[0]
+            )
+            if found is None and held == 0:
+                db.execute(
+                    "INSERT INTO subject_owners VALUES (?, ?, ?, ?)",
+                    (subject, owner, device, time.time()),
+                )
+            elif not admin and (found is None or found[0] != owner):
+                raise NotOwner(None if found is None else found[0])
+            if held + len(rows) > cap:
+                raise CapReached(held)
+            return self._insert(db, subject, model, space, rows)
+
+        return int(self._tx(run))
+
+    def has_tagged_templates(self) -> bool:
+        """Return whether any stored template carries an integrity tag."""
+        with self._read() as db:
+            return (
+                db.execute("SELECT 1 FROM templates WHERE tag IS NOT NULL LIMIT 1").fetchone()
+                is not None
+            )
+
+    def _lock_subject(self, db: Any, subject: str) -> None:
+        """Serialize writers of one subject (SQLite: its write lock already does)."""
 
     def replace(self, subject: str, model: str, space: int, vectors: np.ndarray) -> int:
         """Swap all of a subject's templates in one transaction (rekey)."""
@@ -247,19 +353,40 @@ class SqlStore(ChangeLog, GuardStore, TemplateStore):
         """Return each template's (model, space) and the vectors (N, 128) of one subject."""
         with self._read() as db:
             rows = db.execute(
-                "SELECT model, space, vector FROM templates WHERE subject_id = ? ORDER BY id",
+                "SELECT model, space, vector, tag FROM templates WHERE subject_id = ? ORDER BY id",
                 (subject,),
             ).fetchall()
-        return [(m, s) for m, s, _ in rows], _vectors([v for _, _, v in rows])
+        rows = self._tagged([(subject, *r) for r in rows])
+        return [(m, s) for _, m, s, _ in rows], _vectors([v for *_, v in rows])
+
+    def _tagged(self, rows: list[tuple]) -> list[tuple]:
+        """Keep the (subject, model, space, vector[, tag]) rows whose tag is the service's.
+
+        Without a service key nothing is checked. A row that fails is refused (as if it
+        were absent) and logged: someone wrote the table without the key.
+        """
+        key = self.service_key
+        if key is None:
+            return [r[:4] for r in rows]
+        good = [r[:4] for r in rows if key.check(r[4], r[0], r[1], r[2], bytes(r[3]))]
+        if len(good) != len(rows):
+            bad = sorted({r[0] for r in rows if not key.check(r[4], r[0], r[1], r[2], bytes(r[3]))})
+            log.error(
+                "refused %d stored templates without a valid integrity tag (subjects %s)",
+                len(rows) - len(good),
+                ", ".join(repr(s) for s in bad[:5]),
+            )
+        return good
 
     def gallery(self, model: str, space: int) -> Gallery:
         with self._read() as db:
             rows = db.execute(
-                "SELECT subject_id, vector FROM templates "
+                "SELECT subject_id, model, space, vector, tag FROM templates "
                 "WHERE model = ? AND space = ? ORDER BY id",
                 (model, space),
             ).fetchall()
-        return Gallery([s for s, _ in rows], _vectors([v for _, v in rows]))
+        rows = self._tagged(rows)
+        return Gallery([r[0] for r in rows], _vectors([r[3] for r in rows]))
 
     def put_device(self, device_id: str, verify_key: bytes, scope: str = "default") -> None:
         self._tx(
@@ -294,15 +421,25 @@ class SqlStore(ChangeLog, GuardStore, TemplateStore):
         scope: str = "default",
         devices: tuple[str, ...] = (),
         methods: tuple[str, ...] = (),
+        shared: bool = False,
     ) -> None:
-        """Store a token's hash and grant: its scope, devices and methods (empty: defaults)."""
+        """Store a token's hash and grant: scope, devices, methods (empty: defaults), sharing."""
         sql = (
-            "INSERT INTO app_tokens (app_name, token_hash, created, scope, devices, methods) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_name) DO UPDATE SET "
+            "INSERT INTO app_tokens (app_name, token_hash, created, scope, devices, methods, "
+            "shared) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_name) DO UPDATE SET "
             "token_hash = excluded.token_hash, created = excluded.created, "
-            "scope = excluded.scope, devices = excluded.devices, methods = excluded.methods"
+            "scope = excluded.scope, devices = excluded.devices, methods = excluded.methods, "
+            "shared = excluded.shared"
         )
-        row = (app_name, token_hash, time.time(), scope, "\n".join(devices), ",".join(methods))
+        row = (
+            app_name,
+            token_hash,
+            time.time(),
+            scope,
+            "\n".join(devices),
+            ",".join(methods),
+            int(shared),
+        )
         self._tx(lambda db: db.execute(sql, row))
 
     def token_app(self, token_hash: bytes) -> str | None:
@@ -378,74 +515,7 @@ class SqlStore(ChangeLog, GuardStore, TemplateStore):
             ).fetchone()
         return None if row is None else row[0]
 
-    def audit(self, device_id: str | None, method: str, subject: str | None, outcome: str) -> None:
-        self._tx(
-            lambda db: db.execute(
-                "INSERT INTO audit (at, device_id, method, subject_id, outcome) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (time.time(), device_id, method, subject, outcome),
-            )
-        )
 
-    def audit_log(self) -> list[tuple]:
-        with self._read() as db:
-            return db.execute(
-                "SELECT at, device_id, method, subject_id, outcome FROM audit ORDER BY id"
-            ).fetchall()
-
-
-class SqliteStore(SqlStore):
-    """SQLite in WAL mode; one connection guarded by a lock (the service is I/O-light)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.lock = threading.RLock()  # re-entrant: a write joins the transaction of ``once``
-        self._tx_depth = 0  # > 0 inside a transaction of the thread holding the lock
-        self._migrate()
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
-            yield self.db
-
-    def close(self) -> None:
-        """Close the database file."""
-        with self.lock:
-            self.db.close()
-
-    def _migrate(self) -> None:
-        with self.lock:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this kfaar's "
-                    f"{len(MIGRATIONS)}: run the newer kfaar"
-                )
-            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                self.db.executescript(f"BEGIN; {script} PRAGMA user_version = {i}; COMMIT;")
-
-    @property
-    def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        with self.lock:
-            if self._tx_depth:  # nested: join the enclosing transaction
-                return fn(self.db)
-            self.db.execute("BEGIN IMMEDIATE")
-            self._tx_depth += 1
-            try:
-                out = fn(self.db)
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            finally:
-                self._tx_depth -= 1
-            self.db.execute("COMMIT")
-            return out
+# The embedded SQLite backend lives in its own module; it is imported from here, last,
+# because it builds on everything above (import auth_service.store, not store_sqlite).
+from auth_service.store_sqlite import SqliteStore  # noqa: E402, F401

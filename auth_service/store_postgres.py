@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from auth_service import changelog
+from auth_service import changelog, store_security
 from auth_service.changelog import ChangeWaiter
 from auth_service.store import EMBED_DIM, Gallery, SqlStore, StoreError, StoreUnavailable
 from auth_service.store_guard import POSTGRES_MIGRATION
@@ -78,11 +78,15 @@ MIGRATIONS = (
     POSTGRES_MIGRATION,
     # 4: the change log that replicas' indexes follow (see changelog.py).
     changelog.POSTGRES_MIGRATION,
+    # 5: subject owners, token binding, template tags, the audit chain (store_security.py).
+    store_security.POSTGRES_MIGRATION,
 )
 GALLERY_BATCH = 20_000  # rows per fetch when a replica loads its gallery
 # Budget rows are locked by key in this advisory-lock namespace ("kf"); the migration
 # lock uses the one-number form, which never conflicts with the two-number form.
 BUDGET_LOCK_CLASS = 0x6B66
+SUBJECT_LOCK_CLASS = 0x6B73  # one subject's enrolment ("ks"), held until it commits
+AUDIT_LOCK_CLASS = 0x6B61  # one writer's audit chain ("ka"), held until its row commits
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,16 @@ class PostgresStore(SqlStore):
             f"pg_advisory_xact_lock({BUDGET_LOCK_CLASS}, hashtext(?))" for _ in ordered
         )
         db.execute(f"SELECT {items}", tuple(ordered))
+
+    def _lock_subject(self, db: Any, subject: str) -> None:
+        # Two replicas enrolling one subject would both count its templates, then both
+        # insert past the cap (or both claim it): the second waits for the first's commit.
+        db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (SUBJECT_LOCK_CLASS, subject))
+
+    def _lock_audit(self, db: Any, writer: str) -> None:
+        # Two calls of one replica append to its chain at once: without the lock both read
+        # the same head and fork it.
+        db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (AUDIT_LOCK_CLASS, writer))
 
     def _announce(self, db: Any, seq: int) -> None:
         db.execute("SELECT pg_notify(?, ?)", (changelog.CHANNEL, str(seq)))

@@ -48,7 +48,10 @@ class Device:
         admin.RegisterDevice(
             auth_pb2.RegisterDeviceRequest(device_id=name, verify_key=vk), metadata=META
         )
-        grant = auth_pb2.CreateAppTokenRequest(app_name=f"app-{name}", device_ids=[name])
+        # Enrolment is a grant of its own since issue 20 (the default is verify-only).
+        grant = auth_pb2.CreateAppTokenRequest(
+            app_name=f"app-{name}", device_ids=[name], methods=["Enroll", "Verify", "Identify"]
+        )
         token = admin.CreateAppToken(grant, metadata=META).token
         self.connect(port, token)
 

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -125,6 +126,7 @@ class Attempt:
     weights: list[float] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (frame label, reason)
     closed_by: str = ""
+    liveness: Any = None  # the attempt's liveness state (edge_agent.liveness.gate), if checked
 
     @property
     def weight(self) -> float:
@@ -162,11 +164,15 @@ class AttemptTracker:
     """Group the frames of one tracked face into attempts; return each attempt as it closes."""
 
     def __init__(
-        self, cfg: AttemptConfig | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        cfg: AttemptConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        liveness: Callable[[], Any] | None = None,
     ) -> None:
         self.cfg = cfg or AttemptConfig()
         self.clock = clock
         self.current: Attempt | None = None
+        self.liveness = liveness  # makes each new attempt's liveness state
 
     def _close(self, why: str) -> list[Attempt]:
         done, self.current = self.current, None
@@ -176,27 +182,39 @@ class AttemptTracker:
         return [done]
 
     def add(
-        self, label: str, face: Face, quality: FrameQuality, template: np.ndarray | None
+        self,
+        label: str,
+        face: Face,
+        quality: FrameQuality,
+        template: np.ndarray | None,
+        frame: np.ndarray | None = None,
     ) -> list[Attempt]:
-        """Add one frame's main face; return the attempts this frame closed (0 to 2)."""
+        """Add one frame's main face; return the attempts this frame closed (0 to 2).
+
+        With liveness checked, every frame with a face (``frame`` given) feeds it, and the
+        attempt is not closed early before its challenge is decided.
+        """
         closed: list[Attempt] = []
         now = self.clock()
         cur = self.current
         if cur is not None and cur.box is not None and _iou(cur.box, face.box) < self.cfg.min_iou:
             closed += self._close("face lost")
         if self.current is None:
-            self.current = Attempt(started=now)
+            self.current = Attempt(started=now, liveness=self.liveness and self.liveness())
         cur = self.current
         cur.box = face.box
+        if cur.liveness is not None and frame is not None:
+            cur.liveness.add(now, frame, face)
+        ready = cur.liveness is None or cur.liveness.ready
         if quality.reason is not None or template is None:
             cur.dropped.append((label, quality.reason or "no template"))
         else:
             cur.labels.append(label)
             cur.templates.append(np.asarray(template, np.float32))
             cur.weights.append(quality.weight)
-        if cur.weight >= self.cfg.enough_weight:
+        if cur.weight >= self.cfg.enough_weight and ready:
             closed += self._close("enough frames")
-        elif len(cur.templates) >= self.cfg.max_frames:
+        elif len(cur.templates) >= self.cfg.max_frames and ready:
             closed += self._close("max frames")
         elif now - cur.started >= self.cfg.timeout_s:
             closed += self._close("time-out")

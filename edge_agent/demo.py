@@ -5,7 +5,8 @@ the sample people who have two photos (first photo, each under a fresh key of th
 then presents the held-out photos as a camera would: each person's other photos claim
 their owner (genuine), and each photo of an unenrolled person claims an enrolled subject,
 under that subject's key (impostor). One fused request per attempt; a deliberately
-blurred frame shows the quality gate.
+blurred frame shows the quality gate, and a simulated print, a simulated screen replay
+and a still photo against a random challenge show the liveness gate.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from edge_agent.face.detect import NoFaceError
 from edge_agent.face.image_io import load_image
 from edge_agent.hpvfg import HpvfgAnonymizer
 from edge_agent.keystore import Keystore
+from edge_agent.liveness.demo_attacks import NOTE as ATTACK_NOTE
+from edge_agent.liveness.demo_attacks import presentation_attacks
 from edge_agent.pipeline import DEFAULT_SPACE, SPACES, EdgePipeline
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
@@ -141,7 +144,10 @@ def run_demo(
             meta = (("authorization", f"Bearer {admin_token}"),)
             verify_key = keys.signing_key().verify_key.encode()
             admin.RegisterDevice(
-                auth_pb2.RegisterDeviceRequest(device_id=DEVICE, verify_key=verify_key),
+                # Its probes are single frames: decided at the single-frame threshold.
+                auth_pb2.RegisterDeviceRequest(
+                    device_id=DEVICE, verify_key=verify_key, single_view=True
+                ),
                 metadata=meta,
             )
             # The demo's camera calls with the admin token, so that replies carry the score
@@ -173,6 +179,11 @@ def run_demo(
         finally:
             running.stop(0)
     rows = [_row(att, replies.get(n), threshold) for n, att in enumerate(attempts)]
+    # Presentation attacks on an enrolled person's own photo: refused on the edge, unsent.
+    victim = enrolled[1 % len(enrolled)]
+    attacks = presentation_attacks(
+        victim, load_image(people[victim][-1]), pipeline.detector, out / "liveness"
+    )
     # The service names the operating point that decided; the policy's name if none replied.
     told = [d.verify.operating_point for d in replies.values() if d.HasField("verify")]
     operating_point = next(iter(told), "") or policy.operating_point(space_id)
@@ -193,6 +204,8 @@ def run_demo(
         **rates,
         "median_ms_per_frame": round(statistics.median(edge_ms), 1),
         "decisions": rows,
+        "presentation_attacks": attacks,
+        "presentation_attacks_refused": sum(not a["accepted"] for a in attacks),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -234,6 +247,11 @@ def print_table(summary: dict) -> None:
     for d in summary["decisions"]:
         frames = f"{d['used']}/{d['frames']}"
         w(f"{d['person']:<20} {d['claims']:<20} {d['kind']:<13} {frames:>6}  {d['reason']}\n")
+    for d in summary.get("presentation_attacks", []):
+        frames = f"{d['used']}/{d['frames']}"
+        w(f"{d['person']:<20} {d['claims']:<20} {d['kind']:<13} {frames:>6}  {d['reason']}\n")
+    if summary.get("presentation_attacks"):
+        w(f"{ATTACK_NOTE}\n")
     w(
         f"\noperating point: {summary['operating_point']} (threshold {summary['threshold']:.4f}, "
         f"calibrated on training identities)\n"
@@ -243,6 +261,9 @@ def print_table(summary: dict) -> None:
         rate = summary[f"{kind}_accept_rate"]
         shown = f"{rate:.0%}" if rate is not None else "n/a"
         w(f"{kind} accepted: {acc} of {acc + rej} ({shown})\n")
+    if summary.get("presentation_attacks"):
+        n = len(summary["presentation_attacks"])
+        w(f"presentation attacks refused: {summary['presentation_attacks_refused']} of {n}\n")
     w(f"median {summary['median_ms_per_frame']:.0f} ms per frame on the edge; {summary['model']}\n")
 
 

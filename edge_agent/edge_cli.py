@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--save-frames", type=Path, default=None, help="write virtual frames here")
     r.add_argument("--save-originals", action="store_true",
                    help="also write the original frames (off by default)")  # fmt: skip
+    from edge_agent.door_cli import add_door_args
+
+    add_door_args(r)
     r.set_defaults(handler=_run)
 
     v = actions.add_parser("verify-original", help="KVFA on the edge: is this virtual face X?")
@@ -219,6 +222,7 @@ def _rekey(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.attempts import AttemptConfig, AttemptTracker
+    from edge_agent.door_cli import door_setup
     from edge_agent.live import Decision, run_attempts
     from kfaar_pb.v1 import auth_pb2
 
@@ -230,29 +234,38 @@ def _run(args: argparse.Namespace) -> int:
     if args.save_frames:
         args.save_frames.mkdir(parents=True, exist_ok=True)
 
-    def decide(template, views: int) -> Decision:
-        """One signed request for one attempt's fused probe."""
+    def decide(template, views: int, liveness=None) -> Decision:
+        """One signed request for one attempt's fused probe (and its liveness evidence)."""
         probe = pipeline.message(template, views)
         if args.claim:
-            req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=probe)
+            req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=probe, liveness=liveness)
             reply = client.call("Verify", req)
             text = "ACCEPT" if reply.match else "reject"
             return Decision(reply.match, text, reply.operating_point)
-        found = client.call("Identify", auth_pb2.IdentifyRequest(probe=probe, top_k=1))
+        req = auth_pb2.IdentifyRequest(probe=probe, top_k=1, liveness=liveness)
+        found = client.call("Identify", req)
         who = found.candidates[0].subject_id if found.candidates else "unknown"
         return Decision(bool(found.candidates), who, found.operating_point)
 
-    cfg = AttemptConfig(enough_weight=args.attempt_frames, timeout_s=args.attempt_timeout)
+    gate, door = door_setup(args)
+    timeout = args.attempt_timeout
+    if gate.actions:  # the attempt lasts as long as the person may take for the action
+        timeout = max(timeout, gate.challenge.time_limit_s)
+    cfg = AttemptConfig(enough_weight=args.attempt_frames, timeout_s=timeout)
+    tracker = AttemptTracker(cfg, liveness=gate.new_attempt if gate.enabled else None)
+    context = {"device": args.device_id, "claim" if args.claim else "site": args.claim or args.site}
     tally = run_attempts(
         args.source,
         pipeline,
         key,
         decide,
         sys.stdout.write,
-        AttemptTracker(cfg),
+        tracker,
         max_frames=args.max_frames,
         save_frames=args.save_frames,
         save_originals=args.save_originals,
+        door=door,
+        context=context,
     )
     sys.stdout.write(tally.summary())
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 
 from edge_agent.attempts import Attempt, AttemptTracker, QualityConfig, frame_quality
 from edge_agent.capture import frames
+from edge_agent.door import DoorActions
 from edge_agent.face.detect import NoFaceError
 from edge_agent.pipeline import EdgePipeline
 
@@ -31,14 +34,16 @@ class RunTally:
     accepted: int = 0
     rejected: int = 0
     too_poor: int = 0
+    not_live: int = 0  # rejected on the edge by the liveness gate (also in ``rejected``)
     frames: int = 0
     dropped: int = 0
     operating_point: str = ""
 
     def summary(self) -> str:
         point = f"; operating point {self.operating_point}" if self.operating_point else ""
+        live = f" ({self.not_live} not live)" if self.not_live else ""
         return (
-            f"{self.attempts} attempts: {self.accepted} accepted, {self.rejected} rejected, "
+            f"{self.attempts} attempts: {self.accepted} accepted, {self.rejected} rejected{live}, "
             f"{self.too_poor} face too poor ({self.frames} frames read, {self.dropped} dropped)"
             f"{point}\n"
         )
@@ -55,20 +60,43 @@ def run_attempts(
     source: str,
     pipeline: EdgePipeline,
     key: bytes,
-    decide: Callable[[np.ndarray, int], Decision],
+    decide: Callable[[np.ndarray, int, object], Decision],
     write: Callable[[str], object],
     tracker: AttemptTracker | None = None,
     quality: QualityConfig | None = None,
     max_frames: int | None = None,
     save_frames: Path | None = None,
     save_originals: bool = False,
+    door: DoorActions | None = None,
+    context: dict | None = None,
 ) -> RunTally:
     """Read ``source``, fuse each tracked face's frames, and ``decide`` once per attempt.
 
-    ``decide`` gets the fused template and how many views it fuses.
+    ``decide`` gets the fused template, how many views it fuses and the attempt's
+    liveness evidence (None unless ``tracker`` checks liveness). An attempt that fails
+    liveness is rejected here and sends nothing. ``door`` fires once per decision, with
+    ``context`` (claim or site, device) in its JSON.
     """
     tracker = tracker or AttemptTracker()
     tally = RunTally()
+
+    def act(att: Attempt, accepted: bool, text: str, reason: str, evidence=None) -> None:
+        if door is None:
+            return
+        decision = {
+            **(context or {}),
+            "attempt_id": secrets.token_hex(16),
+            "accepted": accepted,
+            "decision": text,
+            "reason": reason,
+            "frames": describe(att),
+            "time": time.time(),
+        }
+        if evidence is not None:
+            decision["liveness"] = {"method": evidence.method, "passed": evidence.passed,
+                                    "score": round(evidence.score, 4),
+                                    "challenge": evidence.challenge}  # fmt: skip
+        door.fire(decision)
 
     def report(closed: list[Attempt]) -> None:
         for att in closed:
@@ -77,11 +105,21 @@ def run_attempts(
                 tally.too_poor += 1
                 write(f"{describe(att)}\trejected: {att.poor_reason()}\n")
                 continue
-            d = decide(*att.fused())
+            evidence = None
+            if att.liveness is not None:
+                live, why, evidence = att.liveness.verdict()
+                if not live:
+                    tally.rejected += 1
+                    tally.not_live += 1
+                    write(f"{describe(att)}\trejected: {why}\n")
+                    act(att, False, "reject", why, evidence)
+                    continue
+            d = decide(*att.fused(), evidence)
             tally.accepted += d.accepted
             tally.rejected += not d.accepted
             tally.operating_point = d.operating_point or tally.operating_point
             write(f"{describe(att)}\t{d.text}\n")
+            act(att, d.accepted, d.text, d.operating_point, evidence)
 
     for i, (label, frame) in enumerate(frames(source)):
         if max_frames is not None and i >= max_frames:
@@ -106,6 +144,6 @@ def run_attempts(
                 cv2.imwrite(str(save_frames / f"{i:05d}_original.jpg"), frame)
         else:
             template = pipeline.embed(frame, face, key)
-        report(tracker.add(label, face, q, template))
+        report(tracker.add(label, face, q, template, frame))
     report(tracker.flush())
     return tally

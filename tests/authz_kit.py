@@ -18,6 +18,8 @@ ADMIN = "admin-secret-token"
 MODEL = common_pb2.ModelVersion(name="hpvfg", version="1.0.0")
 VIRTUAL = common_pb2.EMBEDDING_SPACE_VIRTUAL
 THRESHOLD = 0.93
+# What an enrolment station's token is granted (a camera's default is Verify and Identify).
+ENROLLER = ("Enroll", "Verify", "Identify", "Rekey")
 # Small budgets, so that a test reaches each limit in a few calls; leaks are slow enough
 # (one failure an hour) that nothing refills while a test runs.
 BUDGETS = GuessBudgets(
@@ -67,10 +69,16 @@ class Client:
 class Site:
     """A running service plus its admin: registers scoped devices and tokens, restarts."""
 
-    def __init__(self, db: Path, db_url: str | None = None, budgets: GuessBudgets = BUDGETS):
+    def __init__(
+        self,
+        db: Path,
+        db_url: str | None = None,
+        budgets: GuessBudgets = BUDGETS,
+        policy: Policy | None = None,
+    ):
         self.cfg = ServerConfig(
             db=db,
-            policy=Policy("hpvfg/1.0.0", {VIRTUAL: THRESHOLD}),
+            policy=policy or Policy("hpvfg/1.0.0", {VIRTUAL: THRESHOLD}),
             port=0,
             admin_token=ADMIN,
             workers=4,
@@ -93,17 +101,26 @@ class Site:
         self.admin.RegisterDevice(req, metadata=(("authorization", f"Bearer {ADMIN}"),))
         return key
 
-    def token(self, app: str, scope: str = "", devices=(), methods=()) -> str:
+    def token(self, app: str, scope: str = "", devices=(), methods=(), shared=False) -> str:
         req = auth_pb2.CreateAppTokenRequest(
-            app_name=app, scope=scope, device_ids=list(devices), methods=list(methods)
+            app_name=app,
+            scope=scope,
+            device_ids=list(devices),
+            methods=list(methods),
+            shared=shared,
         )
         meta = (("authorization", f"Bearer {ADMIN}"),)
         return self.admin.CreateAppToken(req, metadata=meta).token
 
-    def client(self, device: str, scope: str = "", token: str | None = None) -> Client:
-        """Register ``device`` in ``scope`` (with its own token unless given) and connect."""
+    def client(
+        self, device: str, scope: str = "", token: str | None = None, methods=ENROLLER
+    ) -> Client:
+        """Register ``device`` in ``scope`` (with its own token unless given) and connect.
+
+        Its own token may enroll and rekey (``methods``); a camera's default is verify-only.
+        """
         key = self.device(device, scope)
-        token = token or self.token(f"app-{device}", scope, devices=[device])
+        token = token or self.token(f"app-{device}", scope, devices=[device], methods=methods)
         return Client(self.running.port, token, device, key)
 
     def as_admin(self, client: Client) -> Client:

@@ -81,7 +81,9 @@ class Server:
                str(self.port), "--db", str(self.workdir / "kfaar.db"),
                "--admin-token-file", str(self.workdir / "admin-token"), *self.args]  # fmt: skip
         log = open(self.workdir / f"{self.name}.log", "a")  # noqa: SIM115  (kept by the process)
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        # The first start creates the database (a baseline checkout ignores the variable).
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "KFAAR_DB_CREATE": "1",
+               "KFAAR_VIRTUAL_SCOPES": "*"}  # fmt: skip
         if self.pythonpath:  # another version of the service, e.g. a baseline checkout
             env["PYTHONPATH"] = self.pythonpath
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,

@@ -54,7 +54,12 @@ def test_revoke_needs_the_admin_token_or_an_explicit_grant(site: Site) -> None:
     assert site.as_admin(app).call("Revoke", revoke).templates_removed == 1
     ops = site.reconnect(app)
     ops.meta = (("authorization", f"Bearer {site.token('ops', methods=['Revoke'])}"),)
-    assert ops.call("Revoke", auth_pb2.RevokeRequest(subject_id="s-b")).templates_removed == 1
+    revoke_b = auth_pb2.RevokeRequest(subject_id="s-b")
+    # Another app's grant is not enough: s-b belongs to the app that enrolled it (issue 20).
+    assert code(lambda: ops.call("Revoke", revoke_b)) == grpc.StatusCode.PERMISSION_DENIED
+    grant = site.token("app-door-1", devices=["door-1"], methods=["Enroll", "Revoke"])
+    ops.meta = (("authorization", f"Bearer {grant}"),)  # the owner's token, re-issued
+    assert ops.call("Revoke", revoke_b).templates_removed == 1
 
 
 def test_a_token_works_only_with_its_own_devices_and_scope(site: Site) -> None:
@@ -138,7 +143,9 @@ def test_devices_and_tokens_of_an_older_database_land_in_the_default_scope(tmp_p
     store = SqliteStore(tmp_path / "old.db")
     try:
         assert store.device("door-1") == (b"k" * 32, "default")
-        assert store.token_grant(b"h" * 32) == ("app", "default", [], [])
+        # It keeps exactly what it had (issue 20): unbound means shared, old default methods.
+        methods = ["Enroll", "Identify", "Rekey", "Verify"]
+        assert store.token_row(b"h" * 32) == ("app", "default", [], methods, True)
     finally:
         store.close()
 

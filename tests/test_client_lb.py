@@ -64,7 +64,9 @@ def _device(port: int, creds: grpc.ChannelCredentials | None = None) -> tuple:
         meta = (("authorization", f"Bearer {ADMIN}"),)
         req = auth_pb2.RegisterDeviceRequest(device_id="cam", verify_key=key.verify_key.encode())
         admin.RegisterDevice(req, metadata=meta, timeout=10)
-        req = auth_pb2.CreateAppTokenRequest(app_name="door", device_ids=["cam"])
+        req = auth_pb2.CreateAppTokenRequest(
+            app_name="door", device_ids=["cam"], methods=["Enroll", "Verify", "Identify", "Rekey"]
+        )
         token = admin.CreateAppToken(req, metadata=meta, timeout=10).token
     return key, token
 

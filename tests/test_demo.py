@@ -52,6 +52,13 @@ def test_demo_runs_end_to_end_and_sends_no_key_and_no_image(tmp_path: Path) -> N
     reasons = {d["kind"]: d["reason"] for d in summary["decisions"] if not d["accepted"]}
     assert reasons["quality check"].startswith("rejected: face too poor: too blurred")
     assert reasons["impostor"].startswith("rejected: below threshold by 0.")
+    # Issue 21: a simulated print, a simulated screen replay and a still photo against a
+    # random challenge, each of an enrolled person claiming themselves, refused on the edge.
+    attacks = summary["presentation_attacks"]
+    assert [a["kind"] for a in attacks] == ["print (sim)", "replay (sim)", "still photo"]
+    assert summary["presentation_attacks_refused"] == 3
+    assert all(a["reason"].startswith("rejected: ") and not a["accepted"] for a in attacks)
+    assert "challenge failed" in attacks[2]["reason"]
 
     assert len(tap.sent) == 8 + 16  # enrollments, then one fused probe per attempt
     secrets = [keys.key(e.name) for e in keys.entries()]

@@ -39,7 +39,10 @@ def edge(tmp_path: Path, monkeypatch):
         auth_pb2.RegisterDeviceRequest(device_id="cam-1", verify_key=vk), metadata=meta
     )
     token = admin.CreateAppToken(
-        auth_pb2.CreateAppTokenRequest(app_name="door"), metadata=meta
+        auth_pb2.CreateAppTokenRequest(
+            app_name="door", methods=["Enroll", "Verify", "Identify", "Rekey"]
+        ),
+        metadata=meta,
     ).token
     (tmp_path / "secret").write_bytes(SECRET)
     for k, v in {

@@ -62,7 +62,7 @@ def devices(tmp_path: Path, request):
     admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
     meta = (("authorization", f"Bearer {ADMIN}"),)
     grant = auth_pb2.CreateAppTokenRequest(  # Revoke must be granted by name (docs/SECURITY.md)
-        app_name="app", methods=["Enroll", "Verify", "Identify", "Rekey", "Revoke"]
+        app_name="app", methods=["Enroll", "Verify", "Identify", "Rekey", "Revoke"], shared=True
     )
     token = admin.CreateAppToken(grant, metadata=meta)
     out = []

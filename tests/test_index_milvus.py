@@ -184,7 +184,12 @@ def site(tmp_path: Path):
         auth_pb2.RegisterDeviceRequest(device_id="door-1", verify_key=key.verify_key.encode()),
         metadata=meta,
     )
-    token = admin.CreateAppToken(auth_pb2.CreateAppTokenRequest(app_name="app"), metadata=meta)
+    token = admin.CreateAppToken(
+        auth_pb2.CreateAppTokenRequest(
+            app_name="app", methods=["Enroll", "Verify", "Identify", "Rekey"]
+        ),
+        metadata=meta,
+    )
     yield (
         uri,
         Client(running.port, token.token, "door-1", key),

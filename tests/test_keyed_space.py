@@ -87,7 +87,12 @@ def service(tmp_path: Path, request):
         auth_pb2.RegisterDeviceRequest(device_id="door", verify_key=key.verify_key.encode()),
         metadata=meta,
     )
-    token = admin.CreateAppToken(auth_pb2.CreateAppTokenRequest(app_name="a"), metadata=meta).token
+    token = admin.CreateAppToken(
+        auth_pb2.CreateAppTokenRequest(
+            app_name="a", methods=["Enroll", "Verify", "Identify", "Rekey"]
+        ),
+        metadata=meta,
+    ).token
     yield running, Device(running.port, token, key), Device(running.port, ADMIN, key)
     running.stop(0)
 
@@ -120,11 +125,12 @@ def test_keyed_templates_enroll_verify_identify_rekey_revoke(service, anon, z) -
 
     def identify(v: np.ndarray) -> list[str]:
         found = app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(v), top_k=3))
-        assert found.operating_point == "hpvfg/1.0.0 KEYED FAR 1e-3"
+        # Decided at the stricter (fused) threshold whatever the probe declares (issue 20).
+        assert found.operating_point == "hpvfg/1.0.0 KEYED fused FAR 1e-3"
         return [c.subject_id for c in found.candidates]
 
     ok = verify("s-alan", keyed(anon, alan2, k1))
-    assert ok.match and ok.operating_point == "hpvfg/1.0.0 KEYED FAR 1e-3"
+    assert ok.match and ok.operating_point == "hpvfg/1.0.0 KEYED fused FAR 1e-3"
     assert not ok.HasField("score")
     assert not verify("s-alan", keyed(anon, alan2, k2)).match  # right face, wrong key
     assert not verify("s-alan", keyed(anon, gary, k1)).match  # another face, the claimed key
@@ -156,7 +162,7 @@ def test_keyed_templates_enroll_verify_identify_rekey_revoke(service, anon, z) -
 
 
 def test_each_space_decides_at_its_own_threshold(service) -> None:
-    _, app, admin = service
+    running, app, admin = service
     a = np.random.default_rng(1).standard_normal(128)
     a /= np.linalg.norm(a)
     b = np.random.default_rng(2).standard_normal(128)
@@ -165,18 +171,25 @@ def test_each_space_decides_at_its_own_threshold(service) -> None:
     for space in (KEYED, VIRTUAL):
         req = auth_pb2.EnrollRequest(subject_id=f"s-{space}", templates=[emb(a, space)])
         app.call("Enroll", req)
+    # A device registered single-frame is decided at each space's single-frame threshold.
+    running.store.set_single_view("door", True)
     for space, expected in ((KEYED, True), (VIRTUAL, False)):  # thresholds 0.93 and 0.97
         req = auth_pb2.VerifyRequest(subject_id=f"s-{space}", probe=emb(probe, space))
         reply = admin.call("Verify", req)
         assert reply.match is expected and abs(reply.score - 0.95) < 1e-4
-    # A probe fused from three views is held to the fused threshold (0.96 here).
-    fused = auth_pb2.VerifyRequest(subject_id=f"s-{KEYED}", probe=emb(probe, KEYED, views=3))
-    reply = app.call("Verify", fused)
-    assert not reply.match and reply.operating_point == "hpvfg/1.0.0 KEYED fused FAR 1e-3"
-    found = app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(probe, KEYED, views=3)))
-    assert not found.candidates
     found = app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(probe, KEYED, views=1)))
     assert [c.subject_id for c in found.candidates] == [f"s-{KEYED}"]
+    fused = auth_pb2.VerifyRequest(subject_id=f"s-{KEYED}", probe=emb(probe, KEYED, views=3))
+    assert code(lambda: app.call("Verify", fused))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    # Any other device is held to the fused threshold (0.96 here), whatever it declares
+    # (issue 20: a fused probe declared single got in at the single threshold).
+    running.store.set_single_view("door", False)
+    for views in (0, 1, 3):
+        req = auth_pb2.VerifyRequest(subject_id=f"s-{KEYED}", probe=emb(probe, KEYED, views=views))
+        reply = app.call("Verify", req)
+        assert not reply.match and reply.operating_point == "hpvfg/1.0.0 KEYED fused FAR 1e-3"
+        found = app.call("Identify", auth_pb2.IdentifyRequest(probe=emb(probe, KEYED, views=views)))
+        assert not found.candidates
     too_many = auth_pb2.VerifyRequest(subject_id=f"s-{KEYED}", probe=emb(probe, views=99))
     status, details = code(lambda: app.call("Verify", too_many))
     assert status == grpc.StatusCode.INVALID_ARGUMENT and "fused_views" in details
@@ -226,7 +239,7 @@ def test_policy_reads_the_bundles_operating_points() -> None:
 
 def test_serve_reports_its_operating_point(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "edge_agent.cli", "serve", "--insecure", "--port", "0"]
-    cmd += ["--db", str(tmp_path / "kfaar.db")]
+    cmd += ["--db", str(tmp_path / "kfaar.db"), "--create"]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

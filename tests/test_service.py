@@ -45,7 +45,10 @@ def service(tmp_path: Path, request):
         metadata=meta,
     )
     token = admin.CreateAppToken(
-        auth_pb2.CreateAppTokenRequest(app_name="app"), metadata=meta
+        auth_pb2.CreateAppTokenRequest(
+            app_name="app", methods=["Enroll", "Verify", "Identify", "Rekey"]
+        ),
+        metadata=meta,
     ).token
     yield (
         running,
@@ -266,6 +269,7 @@ def test_kfaar_serve_runs_serves_metrics_and_drains_on_sigterm(tmp_path: Path) -
             "0",
             "--db",
             str(tmp_path / "kfaar.db"),
+            "--create",
             "--metrics-port",
             str(metrics_port),
         ],

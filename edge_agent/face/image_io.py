@@ -14,7 +14,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import simplejpeg
 
 # Frames larger than this are refused rather than decoded (decompression bombs).
 MAX_PIXELS = 64_000_000
@@ -51,6 +50,8 @@ _JPEG_SPACES = {"Gray": "GRAY", "YCbCr": "BGR", "RGB": "BGR"}
 
 def _decode_jpeg(data: bytes, name: str) -> np.ndarray | None:
     """Decode a JPEG strictly: any libjpeg warning (corrupt data) is an ImageError."""
+    import simplejpeg  # here, not at the top: trainers that only align chips run without it
+
     try:
         height, width, space, _ = simplejpeg.decode_jpeg_header(data)
         if height * width > MAX_PIXELS:  # refused before any pixel is decoded

@@ -341,6 +341,11 @@ class AdminServiceStub:
                 request_serializer=kfaar__pb_dot_v1_dot_auth__pb2.RevokeAppTokenRequest.SerializeToString,
                 response_deserializer=kfaar__pb_dot_v1_dot_auth__pb2.RevokeAppTokenReply.FromString,
                 _registered_method=True)
+        self.ClearGuessBudget = channel.unary_unary(
+                '/kfaar.v1.AdminService/ClearGuessBudget',
+                request_serializer=kfaar__pb_dot_v1_dot_auth__pb2.ClearGuessBudgetRequest.SerializeToString,
+                response_deserializer=kfaar__pb_dot_v1_dot_auth__pb2.ClearGuessBudgetReply.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -370,6 +375,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearGuessBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -392,6 +403,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeAppToken,
                     request_deserializer=kfaar__pb_dot_v1_dot_auth__pb2.RevokeAppTokenRequest.FromString,
                     response_serializer=kfaar__pb_dot_v1_dot_auth__pb2.RevokeAppTokenReply.SerializeToString,
+            ),
+            'ClearGuessBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearGuessBudget,
+                    request_deserializer=kfaar__pb_dot_v1_dot_auth__pb2.ClearGuessBudgetRequest.FromString,
+                    response_serializer=kfaar__pb_dot_v1_dot_auth__pb2.ClearGuessBudgetReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +518,33 @@ class AdminService:
             '/kfaar.v1.AdminService/RevokeAppToken',
             kfaar__pb_dot_v1_dot_auth__pb2.RevokeAppTokenRequest.SerializeToString,
             kfaar__pb_dot_v1_dot_auth__pb2.RevokeAppTokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearGuessBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kfaar.v1.AdminService/ClearGuessBudget',
+            kfaar__pb_dot_v1_dot_auth__pb2.ClearGuessBudgetRequest.SerializeToString,
+            kfaar__pb_dot_v1_dot_auth__pb2.ClearGuessBudgetReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,83 @@
+"""gRPC health that says why: NOT_SERVING with a reason, and a store watchdog.
+
+The standard health reply carries only a status, so the reason for NOT_SERVING travels
+as trailing metadata (``kfaar-health-reason``), which ``kfaar health`` prints. The
+watchdog runs the store's integrity check periodically and signs audit checkpoints; a
+failed check, like a failed page read during a call (``SqlStore.mark_faulty``), turns
+every service NOT_SERVING until the store is repaired and the service restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from grpc_health.v1 import health, health_pb2
+
+log = logging.getLogger(__name__)
+
+REASON_KEY = "kfaar-health-reason"
+CHECKPOINT_EVERY_S = 60.0
+
+
+class ReasonedHealth(health.HealthServicer):
+    """The standard health service, plus a reason for NOT_SERVING in trailing metadata."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = ""
+        self.names: list[str] = [""]
+
+    def Check(self, request, context):
+        reply = super().Check(request, context)
+        if self.reason:  # metadata values are one line of printable ASCII
+            text = " ".join(self.reason.split()).encode("ascii", "replace").decode()
+            context.set_trailing_metadata(((REASON_KEY, text[:500]),))
+        return reply
+
+    def serving(self, names: list[str]) -> None:
+        """Report SERVING for ``names`` (and the whole server), unless a fault was recorded."""
+        self.names = ["", *names]
+        status = health_pb2.HealthCheckResponse.NOT_SERVING
+        if not self.reason:
+            status = health_pb2.HealthCheckResponse.SERVING
+        for name in self.names:
+            self.set(name, status)
+
+    def unhealthy(self, reason: str) -> None:
+        """Report NOT_SERVING everywhere, with ``reason``; it sticks until a restart."""
+        self.reason = self.reason or reason
+        for name in self.names:
+            self.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+class Watchdog(threading.Thread):
+    """Check the store's integrity every ``every_s`` and sign audit checkpoints."""
+
+    def __init__(self, store, every_s: float) -> None:
+        super().__init__(name="kfaar-watchdog", daemon=True)
+        self.store, self.every_s = store, every_s
+        self.done = threading.Event()
+
+    def check(self) -> None:
+        """Run the integrity check once; mark the store faulty if it finds anything."""
+        problems = self.store.integrity_problems()
+        if problems:
+            self.store.mark_faulty("integrity check failed: " + "; ".join(problems[:3]))
+
+    def run(self) -> None:
+        waited = 0.0
+        step = min(CHECKPOINT_EVERY_S, self.every_s)
+        while not self.done.wait(step):
+            waited += step
+            try:
+                if self.store.fault is None:
+                    self.store.audit_checkpoint()
+                if waited >= self.every_s:
+                    waited = 0.0
+                    self.check()
+            except Exception as exc:  # a store error: recorded by the store, keep watching
+                log.warning("watchdog: %s", exc)
+
+    def stop(self) -> None:
+        self.done.set()

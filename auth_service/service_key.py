@@ -1,0 +1,105 @@
+"""The service's own secret: signs audit checkpoints and tags templates, kept out of the DB.
+
+One 32-byte seed from PyNaCl's CSPRNG, in a file readable by the service only (0600):
+``<db>.key`` next to a SQLite store by default, or ``$KFAAR_SERVICE_KEY_FILE``. Two keys
+are derived from it: an Ed25519 signing key for audit checkpoints and an HMAC-SHA256 key
+for template integrity tags. Someone who can write the database but not read this file
+can neither forge a checkpoint nor make a template the service accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.encoding
+import nacl.hash
+import nacl.signing
+import nacl.utils
+
+log = logging.getLogger(__name__)
+
+KEY_ENV = "KFAAR_SERVICE_KEY_FILE"
+SEED_BYTES = 32
+
+
+class ServiceKeyError(Exception):
+    """The service key file is missing, unreadable or malformed."""
+
+
+def _derive(seed: bytes, person: bytes) -> bytes:
+    return nacl.hash.blake2b(seed, digest_size=32, person=person, encoder=nacl.encoding.RawEncoder)
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    """The keys derived from the service seed."""
+
+    seed: bytes
+
+    @property
+    def signing(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(_derive(self.seed, b"kfaar-audit-sig"))
+
+    @property
+    def verify_key(self) -> bytes:
+        return self.signing.verify_key.encode()
+
+    def tag(self, subject: str, model: str, space: int, vector: bytes) -> bytes:
+        """Return the HMAC-SHA256 integrity tag of one stored template."""
+        key = _derive(self.seed, b"kfaar-tmpl-tag")
+        msg = b"\0".join([subject.encode(), model.encode(), str(int(space)).encode(), vector])
+        return hmac.new(key, msg, hashlib.sha256).digest()
+
+    def check(self, tag: bytes | None, subject: str, model: str, space: int, vector: bytes) -> bool:
+        """Return whether ``tag`` is this service's tag of the template."""
+        return tag is not None and hmac.compare_digest(
+            bytes(tag), self.tag(subject, model, space, vector)
+        )
+
+
+def default_path(db: Path | str) -> Path:
+    """Return where the key of a SQLite store lives by default: next to it."""
+    return Path(f"{db}.key")
+
+
+def create(path: Path) -> ServiceKey:
+    """Write a fresh seed to ``path`` (0600, never over an existing file) and return it."""
+    seed = nacl.utils.random(SEED_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+    log.info("created the service key %s", path)
+    return ServiceKey(seed)
+
+
+def load(path: Path) -> ServiceKey:
+    """Read the seed at ``path``, or raise ServiceKeyError."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ServiceKeyError(f"cannot read the service key {path}: {exc.strerror}") from None
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        seed = b""
+    if len(seed) != SEED_BYTES:
+        raise ServiceKeyError(f"{path} is not a kfaar service key (64 hex digits)")
+    return ServiceKey(seed)
+
+
+def load_or_create(path: Path, create_missing: bool) -> ServiceKey:
+    """Load the key at ``path``; create it when missing and ``create_missing``."""
+    if not Path(path).exists():
+        if not create_missing:
+            raise ServiceKeyError(
+                f"no service key at {path}: `kfaar db init` creates one with the database "
+                f"(or set ${KEY_ENV})"
+            )
+        return create(Path(path))
+    return load(path)
