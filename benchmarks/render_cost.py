@@ -23,7 +23,8 @@ from edge_agent.assets import asset_path
 from training.hpvfg2.model import RenderConfig, RenderGenerator
 from training.onnx_export import export_onnx
 
-SIZES = ((96, 32), (96, 16), (64, 16))  # (working resolution, base channels)
+# (working resolution, base channels, landmark heatmaps computed inside the graph)
+SIZES = ((96, 32, False), (96, 16, False), (96, 16, True), (64, 16, True))
 
 
 def median_ms(path: Path, feed: dict[str, np.ndarray], runs: int) -> float:
@@ -57,12 +58,12 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         example = {k: torch.from_numpy(v) for k, v in feed.items()}
-        for work, base in SIZES:
-            path = Path(tmp) / f"render_{work}_{base}.onnx"
-            export_onnx(
-                RenderGenerator(RenderConfig(work=work, base=base)), example, ["virtual"], path
-            )
-            rows.append((f"2.0 renderer, W={work}, base {base}", path))
+        for work, base, marks in SIZES:
+            path = Path(tmp) / f"render_{work}_{base}_{marks}.onnx"
+            cfg = RenderConfig(work=work, base=base, landmarks=marks)
+            export_onnx(RenderGenerator(cfg), example, ["virtual"], path)
+            extra = " + landmark heatmaps" if marks else ""
+            rows.append((f"2.0 renderer, W={work}, base {base}{extra}", path))
         times = [(name, median_ms(path, feed, args.runs)) for name, path in rows]
     baseline = times[0][1]
     sys.stdout.write("| model | ms per face | × recognizer |\n|---|---|---|\n")

@@ -1,28 +1,65 @@
 #!/usr/bin/env bash
-# Train HPVFG 2.0 on one GPU in about ten minutes; the device tool runs this in the repo root.
+# Train HPVFG 2.0 on one GPU for about 8 minutes from a self-contained payload, continuing
+# from the run that training/hpvfg2/runs.json names; the device tool runs this in the repo root.
 #
-# Before (on the development machine), with KFAAR_SFACE_MODEL set:
-#   python -m training.hpvfg2.pack --out .gpu --max-mib 18 --part-mib 12   # git-ignored
-# A device call carries the repository plus at most 64 MiB in all (the repository is about
-# 50 MiB), so the pack travels in parts: one call per part with carry [".gpu/part-NN",
-# ".gpu/parts.json"] and command `true`, back to back (the machine keeps the parts while
-# warm), then the training call:
-#   bash scripts/gpu_train_hpvfg2.sh        (timeout_s 600)
-# After: the weights come back under the device tool's files folder as weights.fp16.pt;
-#   python -c "from training.hpvfg2.slim import read_slim; read_slim(...)", then kfaar export;
-#   the newest weights-STEP.fp16.pt snapshots come back too, for a judge in no loss to choose.
-# The GPU image has torch, numpy, onnx and opencv but no kfaar dependencies such as PyNaCl or
-# grpcio: training.hpvfg2 imports none of them (tests/test_hpvfg2.py checks that).
+# 1. Here (the development machine), with KFAAR_SFACE_MODEL set and the chip caches built
+#    (LFW: kfaar train builds them; CelebA: the payload builds it once, about 20 minutes):
+#      .venv/bin/python -m training.hpvfg2.payload --out .gpu/payload --parts .gpu/parts \
+#          --part-mib 10
+#    It writes a payload of at most 60 MiB (code, both recognizers in float16, LFW + CelebA
+#    chips, init.fp16.pt from runs.json) and cuts it into .gpu/parts/part-NN (6 parts of 10 MiB
+#    today). .gpu/ is git-ignored. A device call carries the working tree plus the carried
+#    paths, 64 MiB in all; the tree was 52.6 MiB on 2026-12-04 (measure it with
+#    `git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1`), so choose
+#    --part-mib below 64 MiB minus the tree, and --max-mib 48 for one call fewer.
+# 2. Device calls, back to back (the warm machine keeps carried paths that later calls do not
+#    name; a call that finds no warm machine starts a bare one, and the parts must travel again):
+#      run(carry=[".gpu/parts/parts.json", ".gpu/parts/part-00"],
+#          command="bash scripts/gpu_train_hpvfg2.sh check", timeout_s=120)
+#      run(carry=[".gpu/parts/part-01"], command="bash scripts/gpu_train_hpvfg2.sh check",
+#          timeout_s=60)
+#      ... one call per further part except the last ...
+#      run(carry=[".gpu/parts/part-LAST"], command="BUDGET_S=450 bash scripts/gpu_train_hpvfg2.sh",
+#          timeout_s=600)
+#    The last call joins the parts (SHA-256 checked), unpacks the payload to /tmp/payload and
+#    runs its run.sh: python3 -m training.hpvfg2.run --init init.fp16.pt --profile ..., bf16,
+#    channels_last and batch 96 by default on CUDA. Extra arguments go to training.hpvfg2.run.
+# 3. What comes back in $OUT (at most 8 files): weights.fp16.pt (the end), up to five
+#    weights-STEP.fp16.pt snapshots (the ends of the warm-up and identity stages first, then the
+#    newest, then every 2000th step), history.json, and train.log with a per-phase time table
+#    per stage ("profile: stage identity: ... triplets/s"). Then, here:
+#      python -c "from training.hpvfg2.slim import read_slim; read_slim(...)"; kfaar export ...
+#    and add the run to training/hpvfg2/runs.json (continue_from) so the next run builds on it.
+# The payload imports nothing the GPU image lacks (simplejpeg, PyNaCl, grpcio, faiss, usearch,
+# psycopg, flwr): tests/test_hpvfg2_run.py trains from a tiny payload with those blocked.
 set -euo pipefail
 OUT="${OUT:-runs/gpu}"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PARTS="${PARTS:-.gpu/parts}"
+PAYLOAD=/tmp/payload
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-PACK=.gpu
-if [ -f .gpu/parts.json ]; then
-  python3 -m training.hpvfg2.pack --join .gpu --out /tmp/pack
-  PACK=/tmp/pack
+if [ "${1:-}" = "check" ]; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  ls -l "$PARTS"/part-* "$PARTS"/parts.json 2>&1 || true
+  exit 0
 fi
-python3 -m training.hpvfg2.run --packed "$PACK" --out /tmp/hpvfg2 --slim "$OUT" \
-  --device cuda --budget-s "${BUDGET_S:-480}" "$@" 2>&1 | tee "$OUT/train.log"
-cp /tmp/hpvfg2/history.json "$OUT/" 2>/dev/null || true
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+if [ -f "$PARTS/parts.json" ]; then
+  digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["payload.tar"])' \
+    "$PARTS/parts.json")
+  cat "$PARTS"/part-*/payload.tar.[0-9][0-9][0-9] > /tmp/payload.tar
+  if ! echo "$digest  /tmp/payload.tar" | sha256sum -c --quiet -; then
+    echo "payload parts are missing or damaged: carry every part-NN first" >&2
+    ls -l "$PARTS"/part-* >&2 || true
+    exit 2
+  fi
+  rm -rf "$PAYLOAD"
+  tar -xf /tmp/payload.tar -C /tmp  # the tar holds payload/
+elif [ -d .gpu/payload ]; then
+  PAYLOAD=.gpu/payload
+else
+  echo "no payload: carry .gpu/parts (see this script's header)" >&2
+  exit 2
+fi
+OUT="$(cd "$OUT" && pwd)" BUDGET_S="${BUDGET_S:-450}" bash "$PAYLOAD/run.sh" \
+  --steps 60000 --kvfa-steps 20000 --eval-every 500 "$@"

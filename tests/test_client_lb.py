@@ -141,7 +141,7 @@ def test_a_stopped_replica_costs_callers_nothing(pool) -> None:
     for t in callers:
         t.start()
     time.sleep(0.5)
-    replicas[0].stop(1.0)  # as on SIGTERM: NOT_SERVING first, then a short drain
+    replicas[0].stop(5.0)  # as kfaar serve on SIGTERM: NOT_SERVING first, then a 5 s drain
     at_stop = _served(replicas)
     time.sleep(1.0)
     done.set()

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=2025, help="random seed (default 2025)")
     t.add_argument("--eval-every", type=int, default=250, help="dev metrics every N steps")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    t.add_argument("--profile", action="store_true", help="print a per-phase time table")
     t.add_argument(
         "--arch",
         choices=("identity", "render"),
@@ -86,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
         device=args.device,
+        profile=args.profile,
     )
     if args.arch == "render":
         return _train_render(args, train, dev, common)

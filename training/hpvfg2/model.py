@@ -9,6 +9,8 @@ face texture. Its inputs are:
   tone and fine detail do not);
 - the keyed virtual identity z' = P(z, k), injected by AdaIN in every decoder layer,
   continuously, so nearby z' render the same-looking person.
+- heatmaps of the original's 68 landmarks (one channel per part), from a tiny frozen
+  regressor inside the module, so an exported graph computes them from the chip.
 
 Inside the region, every output pixel comes from the decoder, so nothing of the original's
 texture passes through by construction (tests/test_hpvfg2.py checks it). The module keeps
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_agent.face.align import soft_mask
+from training.hpvfg2.landmarks import GROUPS, heatmaps, load_landmark_net
 
 CHIP = 150  # DLIB_150 chips, BGR, values 0..255
 
@@ -41,6 +44,9 @@ class RenderConfig:
     style: int = 256  # width of the identity style vector
     inset: float = 0.06  # ellipse inset of the replaced region, as a fraction of the chip
     feather: float = 0.08  # width of the blend at the region's rim, as a fraction
+    # Condition the decoder on landmark heatmaps of the original, computed inside the graph
+    # by the shipped regressor (training/assets/landmarks68.pt): pose and expression.
+    landmarks: bool = True
 
 
 def region_mask(size: int, cfg: RenderConfig) -> torch.Tensor:
@@ -116,6 +122,13 @@ class RenderGenerator(nn.Module):
         self.register_buffer("full_mask", region_mask(CHIP, cfg))  # (1, 1, 150, 150)
         widths = [min(cfg.base * 2**i, 256) for i in range(cfg.levels + 1)]
         self.stem = nn.Conv2d(3 + 1 + 1, widths[0], 3, 1, 1)  # context, mask, structure
+        if cfg.landmarks:
+            self.marks = load_landmark_net()  # frozen; in the exported graph, so the edge runs it
+            # Beside the stem, not inside it: zero at first, so weights trained without
+            # landmarks (same parameter names) render exactly as before.
+            self.stem_marks = nn.Conv2d(len(GROUPS), widths[0], 3, 1, 1)
+            nn.init.zeros_(self.stem_marks.weight)
+            nn.init.zeros_(self.stem_marks.bias)
         self.down = nn.ModuleList(
             nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1) for i in range(cfg.levels)
         )
@@ -145,10 +158,17 @@ class RenderGenerator(nn.Module):
         structure = F.interpolate(structure, size=(w, w), mode="bilinear", align_corners=False)
         return torch.cat([context, torch.ones_like(small[:, :1]) * m, structure * m], 1)
 
+    def landmarks(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The regressor's 68 landmarks (N, 68, 2) in 0..1 of RGB chips (N, 3, 150, 150)."""
+        return self.marks(rgb)
+
     def render(self, rgb: torch.Tensor, z_virtual: torch.Tensor) -> torch.Tensor:
         """Return the decoder's face (N, 3, W, W) in -1..1 for RGB chips and identities z'."""
         w = self.style(z_virtual)  # (N, style)
-        x = F.leaky_relu(self.stem(self.inputs(rgb)), 0.2)  # (N, C0, W, W)
+        x = self.stem(self.inputs(rgb))  # (N, C0, W, W)
+        if self.cfg.landmarks:
+            x = x + self.stem_marks(heatmaps(self.marks(rgb), self.cfg.work))
+        x = F.leaky_relu(x, 0.2)
         skips = []
         for conv in self.down:
             skips.append(x)
@@ -157,6 +177,14 @@ class RenderGenerator(nn.Module):
         for block, skip in zip(self.up, reversed(skips), strict=True):
             x = block(x, skip, w)
         return torch.tanh(self.to_rgb(x))  # (N, 3, W, W)
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        """Load weights; those from before landmark conditioning get the branch switched off."""
+        state = dict(state)
+        for name, value in super().state_dict().items():
+            if name.startswith(("marks.", "stem_marks.")) and name not in state:
+                state[name] = value  # the shipped regressor, and a zero stem: renders as before
+        return super().load_state_dict(state, strict, assign)
 
     def composite(self, rgb: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         """Blend the rendered face into the full chip: original outside, rendered inside."""

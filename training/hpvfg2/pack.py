@@ -26,17 +26,34 @@ from training.chips import ChipSet
 
 log = logging.getLogger(__name__)
 
+SFACE_FILE, SYSTEM_FILE = "sface.fp16.onnx", "system.fp16.onnx"  # the recognizers in a pack
+CHIP = 150  # side of the DLIB_150 chips the trainer reads
 
-def pack_chips(chips: ChipSet, out: Path, max_bytes: int, quality: int = 92, seed: int = 0) -> int:
-    """Write as many chips as fit in ``max_bytes`` (whole identities, random order); return N."""
+
+def pack_chips(
+    chips: ChipSet, out: Path, max_bytes: int, quality: int = 92, seed: int = 0, side: int = CHIP
+) -> int:
+    """Write as many chips as fit in ``max_bytes`` (whole identities, random order); return N.
+
+    ``side`` below 150 stores the chips smaller (area-resampled); :func:`load_packed` scales
+    them back. The generator renders at its working resolution (96), so chips stored at
+    that size or a little above lose little that training uses, for half the bytes.
+    """
     rng = np.random.default_rng(seed)
     encoded: dict[int, np.ndarray] = {}
     used = 0
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+
+    def encode(chip: np.ndarray) -> np.ndarray:
+        if side != CHIP:
+            chip = cv2.resize(chip, (side, side), interpolation=cv2.INTER_AREA)
+        return cv2.imencode(".jpg", chip, params)[1]
+
     for c in rng.permutation(np.unique(chips.labels)):
         rows = np.flatnonzero(chips.labels == c)
-        enc = {int(i): cv2.imencode(".jpg", chips.chips[i], params)[1] for i in rows}
-        size = sum(e.nbytes for e in enc.values()) + rows.size * (128 * 4 + 64)
+        enc = {int(i): encode(chips.chips[i]) for i in rows}
+        text = sum(len(str(chips.paths[i]).encode()) + 1 for i in rows)
+        size = sum(e.nbytes for e in enc.values()) + rows.size * (128 * 4 + 4) + text
         if used + size <= max_bytes:
             encoded |= enc
             used += size
@@ -46,19 +63,44 @@ def pack_chips(chips: ChipSet, out: Path, max_bytes: int, quality: int = 92, see
     sub = chips.subset(idx)
     np.savez(
         out, jpeg=np.concatenate(blobs) if blobs else np.zeros(0, np.uint8), offsets=offsets,
-        paths=sub.paths, labels=sub.labels, names=sub.names, z=sub.z,
+        paths_utf8=_join(sub.paths), labels=sub.labels, names_utf8=_join(sub.names), z=sub.z,
+        side=np.int64(side),
     )  # fmt: skip
     return len(idx)
 
 
 def load_packed(path: Path) -> ChipSet:
-    """Decode a pack written by :func:`pack_chips` into a ChipSet."""
+    """Decode a pack written by :func:`pack_chips` into a ChipSet of 150 x 150 chips."""
     with np.load(path, allow_pickle=False) as f:
         data, off = f["jpeg"], f["offsets"]
-        chips = np.stack(
-            [cv2.imdecode(data[off[i] : off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
-        )
-        return ChipSet(f["paths"], f["labels"], f["names"], chips, f["z"])
+        side = int(f["side"]) if "side" in f.files else CHIP
+        chips = np.empty((len(off) - 1, CHIP, CHIP, 3), np.uint8)
+        for i in range(len(off) - 1):
+            chip = cv2.imdecode(data[off[i] : off[i + 1]], cv2.IMREAD_COLOR)
+            if side != CHIP:
+                chip = cv2.resize(chip, (CHIP, CHIP), interpolation=cv2.INTER_CUBIC)
+            chips[i] = chip
+        if "paths_utf8" in f.files:
+            paths, names = _split(f["paths_utf8"]), _split(f["names_utf8"])
+        else:  # packs written before names were stored as joined UTF-8
+            paths, names = f["paths"], f["names"]
+        return ChipSet(paths, f["labels"], names, chips, f["z"])
+
+
+def packed_paths(path: Path) -> np.ndarray:
+    """Return the relative paths of the chips in a pack, without decoding any image."""
+    with np.load(path, allow_pickle=False) as f:
+        return _split(f["paths_utf8"]) if "paths_utf8" in f.files else f["paths"]
+
+
+def _join(strings: np.ndarray) -> np.ndarray:
+    """Store strings as one newline-joined UTF-8 byte array: numpy's fixed-width unicode
+    costs 4 bytes per character of the longest name, for every row."""
+    return np.frombuffer("\n".join(map(str, strings)).encode(), np.uint8)
+
+
+def _split(data: np.ndarray) -> np.ndarray:
+    return np.array(data.tobytes().decode().split("\n")) if data.size else np.array([], str)
 
 
 def pack_onnx_fp16(src: Path, out: Path) -> Path:
@@ -143,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sface = args.sface or (Path(os.environ[SFACE_ENV]) if os.environ.get(SFACE_ENV) else None)
     if sface is not None:
-        pack_onnx_fp16(sface, args.out / "sface.fp16.onnx")
+        pack_onnx_fp16(sface, args.out / SFACE_FILE)
     total = sum(f.stat().st_size for f in args.out.iterdir()) / 2**20
     if args.part_mib:
         parts = split_parts(args.out, int(args.part_mib * 2**20))

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    import h5py
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
@@ -162,6 +165,8 @@ def _load_bn(m: nn.BatchNorm2d, w: dict) -> None:
 
 def load_keras_h5(path: str | Path) -> MiniXception:
     """Build the model in eval mode from a Keras 2 HDF5 file, following its model_config graph."""
+    import h5py  # only to read Keras files: training loads torch weights and has no h5py
+
     with h5py.File(path, "r") as f:
         g = _KerasGraph(json.loads(f.attrs["model_config"]))
         weights = f.get("model_weights", f)  # a full save nests weights; save_weights does not
