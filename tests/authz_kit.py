@@ -10,7 +10,7 @@ import numpy as np
 
 from auth_service.proof import sign
 from auth_service.ratelimit import Budget, GuessBudgets
-from auth_service.server import Running, ServerConfig, start
+from auth_service.server import Running, ServerConfig, TLSFiles, start
 from auth_service.servicer import Policy
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
@@ -39,8 +39,19 @@ def emb(v: np.ndarray, model=MODEL, space=VIRTUAL) -> common_pb2.Embedding:
 class Client:
     """One device with one token: signs every request like the edge agent does."""
 
-    def __init__(self, port: int, token: str, device: str, key: nacl.signing.SigningKey):
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(
+        self,
+        port: int,
+        token: str,
+        device: str,
+        key: nacl.signing.SigningKey,
+        creds: grpc.ChannelCredentials | None = None,
+    ):
+        self.channel = (
+            grpc.secure_channel(f"localhost:{port}", creds)
+            if creds
+            else grpc.insecure_channel(f"127.0.0.1:{port}")
+        )
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.meta = (("authorization", f"Bearer {token}"),)
         self.device, self.key, self.token = device, key, token
@@ -75,7 +86,10 @@ class Site:
         db_url: str | None = None,
         budgets: GuessBudgets = BUDGETS,
         policy: Policy | None = None,
+        tls: TLSFiles | None = None,
+        creds: grpc.ChannelCredentials | None = None,
     ):
+        self.creds = creds  # what every channel of this site presents (TLS, mTLS)
         self.cfg = ServerConfig(
             db=db,
             policy=policy or Policy("hpvfg/1.0.0", {VIRTUAL: THRESHOLD}),
@@ -84,14 +98,19 @@ class Site:
             workers=4,
             guess=budgets,
             db_url=db_url,
+            tls=tls,
         )
         self.running: Running = start(self.cfg)
         self.keys: dict[str, nacl.signing.SigningKey] = {}
 
     @property
     def admin(self) -> auth_pb2_grpc.AdminServiceStub:
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
-        return auth_pb2_grpc.AdminServiceStub(channel)
+        return auth_pb2_grpc.AdminServiceStub(self.channel())
+
+    def channel(self) -> grpc.Channel:
+        if self.creds:
+            return grpc.secure_channel(f"localhost:{self.running.port}", self.creds)
+        return grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
 
     def device(self, device_id: str, scope: str = "") -> nacl.signing.SigningKey:
         key = self.keys.setdefault(device_id, nacl.signing.SigningKey.generate())
@@ -121,11 +140,11 @@ class Site:
         """
         key = self.device(device, scope)
         token = token or self.token(f"app-{device}", scope, devices=[device], methods=methods)
-        return Client(self.running.port, token, device, key)
+        return Client(self.running.port, token, device, key, self.creds)
 
     def as_admin(self, client: Client) -> Client:
         """The same device, calling with the admin token."""
-        return Client(self.running.port, ADMIN, client.device, client.key)
+        return Client(self.running.port, ADMIN, client.device, client.key, self.creds)
 
     def restart(self) -> None:
         """Stop the server and start a new one on the same database (a real restart)."""
@@ -134,7 +153,7 @@ class Site:
         self.running = start(self.cfg)
 
     def reconnect(self, client: Client) -> Client:
-        return Client(self.running.port, client.token, client.device, client.key)
+        return Client(self.running.port, client.token, client.device, client.key, self.creds)
 
     def stop(self) -> None:
         self.running.stop(0)
