@@ -26,7 +26,7 @@ def test_units_pass_systemd_analyze(tmp_path: Path) -> None:
 
 
 def test_every_setting_in_the_examples_is_read_by_the_code() -> None:
-    code = "".join(p.read_text() for p in REPO.glob("*/**/*.py") if ".venv" not in p.parts)
+    code = "".join(p.read_text() for p in _project_sources())
     names = set()
     for example in SYSTEMD.glob("*.env.example"):
         names |= set(re.findall(r"^(KFAAR_[A-Z_]+)=", example.read_text(), re.M))
@@ -35,6 +35,14 @@ def test_every_setting_in_the_examples_is_read_by_the_code() -> None:
         n for n in names if f'"{n}"' not in code and n not in {"KFAAR_SOURCE", "KFAAR_CLAIM"}
     }
     assert not missing, f"settings no code reads: {missing}"
+
+
+def _project_sources() -> list[Path]:
+    """Return the project's Python files, not those of any .venv* or other dot folder."""
+    return [
+        p for p in REPO.glob("*/**/*.py")
+        if not any(part.startswith(".") for part in p.relative_to(REPO).parts)
+    ]  # fmt: skip
 
 
 def _yaml_docs(path: Path) -> list[dict]:
@@ -109,7 +117,7 @@ def test_compose_and_kubernetes_run_real_commands_with_real_settings() -> None:
     parser = build_parser()
     for argv in commands:
         parser.parse_args(argv)  # exits (SystemExit) on an unknown subcommand or flag
-    code = "".join(p.read_text() for p in REPO.glob("*/**/*.py") if ".venv" not in p.parts)
+    code = "".join(p.read_text() for p in _project_sources())
     missing = {n for n in settings - LIBPQ_SETTINGS if f'"{n}"' not in code}
     assert not missing, f"settings no code reads: {missing}"
 
