@@ -222,7 +222,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace):
     """Open the store read for verification, never creating it."""
-    from auth_service.store import SqliteStore
+    from auth_service.store_sqlite import SqliteStore
 
     if args.db_url:
         from auth_service.store_postgres import PostgresStore

@@ -72,7 +72,7 @@ def _key_path(args: argparse.Namespace) -> Path | None:
 
 def _init(args: argparse.Namespace) -> int:
     from auth_service import service_key
-    from auth_service.store import SqliteStore
+    from auth_service.store_sqlite import SqliteStore
 
     if args.db_url:
         raise ValueError("kfaar db init makes SQLite files; for PostgreSQL run kfaar db migrate")
@@ -165,7 +165,7 @@ def _url_password(url: str) -> str | None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from auth_service.store import SqliteStore
+    from auth_service.store_sqlite import SqliteStore
 
     if args.db_url:
         try:

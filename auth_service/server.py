@@ -28,7 +28,8 @@ from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
 from auth_service.ratelimit import GuessBudgets, GuessLimiter
 from auth_service.refusals import RefusalAudit
 from auth_service.servicer import AdminServicer, AuthServicer, Policy
-from auth_service.store import SqliteStore, TemplateStore
+from auth_service.store import TemplateStore
+from auth_service.store_sqlite import SqliteStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
 if TYPE_CHECKING:

@@ -514,8 +514,3 @@ class SqlStore(AuditChain, SecurityStore, ChangeLog, GuardStore, TemplateStore):
                 (device, key, time.time() - ttl_s),
             ).fetchone()
         return None if row is None else row[0]
-
-
-# The embedded SQLite backend lives in its own module; it is imported from here, last,
-# because it builds on everything above (import auth_service.store, not store_sqlite).
-from auth_service.store_sqlite import SqliteStore  # noqa: E402, F401

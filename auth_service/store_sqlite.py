@@ -1,6 +1,6 @@
 """The embedded SQLite store: WAL mode, one locked connection, refusing to pretend.
 
-Imported through ``auth_service.store`` (``from auth_service.store import SqliteStore``).
+It builds on ``auth_service.store``'s shared SQL store; nothing there imports it back.
 A missing or empty file is refused unless the store is to be created, and a failed page
 read marks the store faulty (auth_service/health.py turns NOT_SERVING) instead of raising
 an unknown error on every call.

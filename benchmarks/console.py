@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from auth_service.console.app import Console, build_app
+from auth_service.console.app import Console
 from auth_service.console.auth import Directory, Sessions
 from auth_service.console.backend import Admin
 from auth_service.console.chain import Chain
 from auth_service.console.data import Reader
 from auth_service.console.live import Scraper
-from auth_service.store import SqliteStore
+from auth_service.console.routes import build_app
+from auth_service.store_sqlite import SqliteStore
 
 TOKEN = "bench-admin-token"
 SCOPES = ("default", "north", "south", "east")

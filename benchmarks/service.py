@@ -26,7 +26,7 @@ import numpy as np
 from auth_service.proof import sign
 from auth_service.server import ServerConfig, start
 from auth_service.servicer import Policy
-from auth_service.store import SqliteStore
+from auth_service.store_sqlite import SqliteStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 MODEL = common_pb2.ModelVersion(name="hpvfg", version="1.0.0")

@@ -133,7 +133,8 @@ def test_every_subject_change_writes_an_audit_row(site: Site) -> None:
 def test_devices_and_tokens_of_an_older_database_land_in_the_default_scope(tmp_path) -> None:
     import sqlite3
 
-    from auth_service.store import MIGRATIONS, SqliteStore
+    from auth_service.store import MIGRATIONS
+    from auth_service.store_sqlite import SqliteStore
 
     db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     db.executescript(f"BEGIN; {MIGRATIONS[0]} PRAGMA user_version = 1; COMMIT;")

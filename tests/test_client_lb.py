@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_service.server import Running, ServerConfig, TLSFiles, start
 from auth_service.servicer import Policy
-from auth_service.store import SqliteStore
+from auth_service.store_sqlite import SqliteStore
 from auth_service.targets import (
     Target,
     channel_options,

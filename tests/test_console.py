@@ -16,9 +16,10 @@ import pytest
 from authz_kit import ADMIN, BUDGETS, THRESHOLD, VIRTUAL, Client, code, unit
 from starlette.testclient import TestClient
 
-from auth_service.console.app import Console, build_app
+from auth_service.console.app import Console
 from auth_service.console.auth import Sessions, add_operator, operator_hash
 from auth_service.console.cli import build_console
+from auth_service.console.routes import build_app
 from auth_service.interceptor import token_hash
 from auth_service.server import ServerConfig, start
 from auth_service.servicer import Policy
@@ -437,7 +438,7 @@ def test_kfaar_console_run_serves_over_tls(tmp_path: Path) -> None:
 
     import httpx
 
-    from auth_service.store import SqliteStore
+    from auth_service.store_sqlite import SqliteStore
 
     repo = Path(__file__).resolve().parent.parent
     subprocess.run([repo / "deploy/tls/make-dev-certs.sh", tmp_path], check=True,

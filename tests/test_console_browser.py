@@ -22,7 +22,7 @@ import uvicorn
 from authz_kit import ADMIN, unit
 from test_console import XSS, Rig, free_port, make_rig
 
-from auth_service.console.app import build_app
+from auth_service.console.routes import build_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

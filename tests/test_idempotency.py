@@ -161,7 +161,7 @@ def _replace_key(req, key: str):
 
 
 def test_cached_replies_expire(tmp_path: Path) -> None:
-    from auth_service.store import SqliteStore
+    from auth_service.store_sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "kfaar.db")
     calls = []

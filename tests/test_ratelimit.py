@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from auth_service.ratelimit import Budget, Exhausted, GuessBudgets, GuessLimiter
-from auth_service.store import SqliteStore
+from auth_service.store_sqlite import SqliteStore
 
 
 class Clock:

@@ -13,7 +13,7 @@ from authz_kit import VIRTUAL, Client, Site, code, emb, unit
 
 from auth_service.index_sync import IndexFollower
 from auth_service.ratelimit import Budget, GuessBudgets
-from auth_service.store import SqliteStore
+from auth_service.store_sqlite import SqliteStore
 from kfaar_pb.v1 import auth_pb2
 
 VIRTUAL_MODEL = "hpvfg/1.0.0"

@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from auth_service.audit_verify import verify_rows
 from auth_service.refusals import RefusalAudit
 from auth_service.service_key import default_path, load
-from auth_service.store import SqliteStore, StoreMissing
+from auth_service.store import StoreMissing
+from auth_service.store_sqlite import SqliteStore
 from kfaar_pb.v1 import auth_pb2
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auth_service.store import MIGRATIONS, ReplyConflict, SqliteStore, SqlStore, StoreError
+from auth_service.store import MIGRATIONS, ReplyConflict, SqlStore, StoreError
+from auth_service.store_sqlite import SqliteStore
 
 VIRTUAL, RECOVERED = 1, 2
 

@@ -16,12 +16,9 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import jinja2
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from auth_service.console.auth import Directory, LoginLimiter, Operator, Session, Sessions
 from auth_service.ratelimit import GuessBudgets
@@ -210,22 +207,6 @@ def action(console: Console, write: bool = True):
         return handler
 
     return wrap
-
-
-def build_app(console: Console) -> Starlette:
-    """Return the ASGI app of the console."""
-    from auth_service.console import actions, views
-
-    routes = [
-        Route("/login", actions.login_page(console), methods=["GET"]),
-        Route("/login", actions.login(console), methods=["POST"]),
-        Route("/logout", actions.logout(console), methods=["POST"]),
-        *views.routes(console),
-        *actions.routes(console),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-    ]
-    app = Starlette(routes=routes)
-    return Headers(app, console.tls)
 
 
 async def blocking(fn, *args, **kw):

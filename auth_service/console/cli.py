@@ -127,7 +127,7 @@ def _add(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace):
     """Return the console's app from parsed ``run`` arguments (errors: ValueError)."""
-    from auth_service.console.app import build_app
+    from auth_service.console.routes import build_app
 
     return build_app(build_console(args))
 
