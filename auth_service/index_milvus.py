@@ -26,7 +26,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from auth_service.index import IndexConfig
+from auth_service.index_config import IndexConfig
 from auth_service.milvus_conn import (
     TIMEOUT_S,
     WRITE_TIMEOUT_S,

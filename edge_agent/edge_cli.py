@@ -7,14 +7,15 @@ unless --save-originals is given explicitly.
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import os
 import socket
 import sys
 from pathlib import Path
 
-from edge_agent.keys_cli import DEVICE_SECRET_ENV, KEYSTORE_ENV, default_keystore
+from edge_agent.cli_client import cli_client as _client
+from edge_agent.cli_client import cli_keystore as _keystore
+from edge_agent.keys_cli import DEVICE_SECRET_ENV, KEYSTORE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +126,6 @@ def _pipeline(args: argparse.Namespace):
     bundle = Bundle.load(installed_bundle())
     log.info("model hpvfg/%s from %s", bundle.version, bundle.path)
     return EdgePipeline(HpvfgAnonymizer(bundle, precision=args.precision), space=args.space)
-
-
-def _keystore(args: argparse.Namespace):
-    from edge_agent.keys_cli import open_keystore
-
-    return open_keystore(args)
-
-
-def _client(args: argparse.Namespace, keys):
-    from edge_agent.client import AuthClient, ClientConfig, Outbox
-
-    token = os.environ.get("KFAAR_APP_TOKEN")
-    if not token:
-        raise ValueError("set $KFAAR_APP_TOKEN to this deployment's app token")
-    cfg = ClientConfig(args.server, token, args.device_id, args.ca, args.cert, args.key)
-    outbox = Outbox(args.outbox or default_keystore().with_name("outbox.db"))
-    client = AuthClient(cfg, keys.signing_key(), outbox)
-    atexit.register(client.close)
-    if args.action == "run":  # a long run delivers queued writes while it authenticates
-        client.start_delivery()
-    return client
 
 
 def _write(client, method: str, req, prefix: str) -> int:

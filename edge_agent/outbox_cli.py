@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edge_agent.cli_client import cli_client, cli_keystore
+
 
 def add_flush_parser(actions: argparse._SubParsersAction) -> None:
     f = actions.add_parser(
@@ -21,11 +23,9 @@ def add_flush_parser(actions: argparse._SubParsersAction) -> None:
 
 
 def _flush(args: argparse.Namespace) -> int:
-    from edge_agent.edge_cli import _client, _keystore
-
     if not args.timeout > 0:
         raise ValueError("--timeout must be a positive number of seconds")
-    client = _client(args, _keystore(args))
+    client = cli_client(args, cli_keystore(args))
     try:
         sent, left = client.flush(args.timeout)
         refused = client.outbox.refused()

@@ -4,14 +4,16 @@
 #
 # 1. Here (the development machine), with KFAAR_SFACE_MODEL set and the chip caches built
 #    (LFW: kfaar train builds them; CelebA: the payload builds it once, about 20 minutes):
-#      .venv/bin/python -m training.hpvfg2.payload --out .gpu/payload --parts .gpu/parts \
-#          --part-mib 10
+#      .venv/bin/python -m training.hpvfg2.payload --out .gpu/payload --parts .gpu/parts
 #    It writes a payload of at most 60 MiB (code, both recognizers in float16, LFW + CelebA
-#    chips, init.fp16.pt from runs.json) and cuts it into .gpu/parts/part-NN (6 parts of 10 MiB
-#    today). .gpu/ is git-ignored. A device call carries the working tree plus the carried
-#    paths, 64 MiB in all; the tree was 52.6 MiB on 2026-12-04 (measure it with
-#    `git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1`), so choose
-#    --part-mib below 64 MiB minus the tree, and --max-mib 48 for one call fewer.
+#    chips, init.fp16.pt from runs.json) and cuts it into .gpu/parts/part-NN. .gpu/ is
+#    git-ignored. A device call carries the working tree (tracked + untracked-not-ignored
+#    files) plus the carried paths, 64 MiB in all: --part-mib auto (the default) measures the
+#    tree, logs it, and picks the largest part that leaves 4 MiB spare (7.2 MiB parts, 9 parts
+#    for 59.2 MiB, with the 52.7 MiB tree of 2026-12-04; --max-mib 48 saves two calls). It
+#    refuses (exit 2) when not even a 2 MiB part fits.
+#    Then, still here, check that every call fits today's tree and count the calls:
+#      bash scripts/gpu_train_hpvfg2.sh plan
 # 2. Device calls, back to back (the warm machine keeps carried paths that later calls do not
 #    name; a call that finds no warm machine starts a bare one, and the parts must travel again):
 #      run(carry=[".gpu/parts/parts.json", ".gpu/parts/part-00"],
@@ -36,6 +38,9 @@ set -euo pipefail
 OUT="${OUT:-runs/gpu}"
 PARTS="${PARTS:-.gpu/parts}"
 PAYLOAD=/tmp/payload
+if [ "${1:-}" = "plan" ]; then  # here, before any device call: does each part still fit?
+  exec "${PYTHON:-.venv/bin/python}" -m training.hpvfg2.device_budget --parts "$PARTS"
+fi
 mkdir -p "$OUT"
 if [ "${1:-}" = "check" ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

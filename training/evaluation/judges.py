@@ -13,7 +13,6 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,22 +22,9 @@ from edge_agent.face.align import ARCFACE_112, align
 from edge_agent.face.detect import Face
 from edge_agent.onnx_runtime import create_session
 from edge_agent.progress import progress
+from training.evaluation.judge_base import FaceRef, Judge
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FaceRef:
-    """Where a judge should look: YuNet's face and, when dlib found it too, dlib's box."""
-
-    face: Face
-    dlib_box: tuple[int, int, int, int]  # left, top, right, bottom
-    dlib_detected: bool
-
-    def tag(self) -> str:
-        """Return a short string that changes whenever the location would change."""
-        points = ",".join(f"{v:.1f}" for v in self.face.landmarks.ravel())
-        return f"{self.dlib_box}|{points}"
 
 
 def locate(image: np.ndarray, face: Face) -> FaceRef:
@@ -90,29 +76,6 @@ def _dlib_embed(item: tuple[np.ndarray, FaceRef]) -> np.ndarray:
     image, ref = item
     facerec = _dlib_models()[2]
     return np.asarray(facerec.compute_face_descriptor(dlib_chip(image, ref)), np.float32)
-
-
-class Judge:
-    """Base class: embed faces and score pairs of embeddings."""
-
-    name = "judge"
-    cache_id = "judge"
-    # The recognizer's own "same person" rule, in its native units, where it has one.
-    same_person_threshold: float | None = None
-
-    def embed(self, items: list[tuple[np.ndarray, FaceRef]], desc: str = "judge") -> np.ndarray:
-        raise NotImplementedError
-
-    def score(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def to_native(self, score: float) -> float:
-        """Express a score threshold in the judge's own units."""
-        return score
-
-    def from_native(self, value: float) -> float:
-        """Express a threshold in the judge's own units as a score threshold."""
-        return value
 
 
 class DlibJudge(Judge):

@@ -20,7 +20,7 @@ from edge_agent.face.align import ARCFACE_112, align
 from edge_agent.onnx_runtime import create_session
 from edge_agent.progress import progress
 from training.datasets import models_root
-from training.evaluation.judges import FaceRef, Judge
+from training.evaluation.judge_base import FaceRef, Judge
 
 log = logging.getLogger(__name__)
 

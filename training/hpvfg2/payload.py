@@ -12,7 +12,8 @@ Any machine with torch, numpy, onnx and OpenCV trains from the folder with one c
 
 A device call carries at most 64 MiB with the repository, so ``--parts`` also cuts the
 payload into tar parts (training.hpvfg2.pack.split_parts); scripts/gpu_train_hpvfg2.sh
-says how they travel and are joined.
+says how they travel and are joined. ``--part-mib auto`` (the default) measures the working
+tree as a device call copies it and picks the largest part that leaves 4 MiB to spare.
 
     python -m training.hpvfg2.payload --out .gpu/payload --parts .gpu/parts
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from training.chips import ChipSet
+from training.hpvfg2.device_budget import MIB, part_size
 from training.hpvfg2.pack import (
     SFACE_FILE,
     SYSTEM_FILE,
@@ -257,14 +259,14 @@ def build_payload(
     return manifest
 
 
-def split_payload(payload: Path, parts: Path, part_mib: float) -> list[Path]:
-    """Tar the payload into ``parts`` and cut it into part-NN folders of ``part_mib`` each."""
+def split_payload(payload: Path, parts: Path, part_bytes: int) -> list[Path]:
+    """Tar the payload into ``parts`` and cut it into part-NN folders of ``part_bytes`` each."""
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
     with tarfile.open(parts / "payload.tar", "w") as tar:
         tar.add(payload, arcname="payload")
-    return split_parts(parts, int(part_mib * 2**20))
+    return split_parts(parts, part_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--out", type=Path, default=Path(".gpu/payload"), help="payload folder")
     p.add_argument("--parts", type=Path, default=None, help="also write tar parts here")
-    p.add_argument("--part-mib", type=float, default=10.0, help="size of one part (10)")
+    p.add_argument("--part-mib", default="auto",
+                   help="size of one part in MiB, or 'auto' (default): the largest that a "
+                   "device call carries beside the working tree with 4 MiB spare")  # fmt: skip
+    p.add_argument("--repo", type=Path, default=ROOT,
+                   help="the checkout whose tree travels with each part (this one)")  # fmt: skip
     p.add_argument("--max-mib", type=float, default=MAX_MIB, help=f"payload size ({MAX_MIB:g})")
     p.add_argument("--side", type=int, default=112, help="stored chip side in px (112)")
     p.add_argument("--quality", type=int, default=85, help="JPEG quality (85)")
@@ -294,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not 16 <= args.side <= 150:
         p.error("--side must be between 16 and 150")
+    part_bytes = None
+    if args.parts is not None:  # measure before the long build: refuse early if none fits
+        try:
+            part_bytes = part_size(args.part_mib, args.repo)
+        except ValueError as exc:
+            p.error(str(exc))
     sface = args.sface or (Path(os.environ[SFACE_ENV]) if os.environ.get(SFACE_ENV) else None)
     if sface is not None and not sface.is_file():
         p.error(f"--sface: no SFace model at {sface}")
@@ -314,9 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         args.max_mib, args.side, args.quality,
     )  # fmt: skip
     log.info("payload %s: %.1f MiB, chips %s", args.out, manifest["mib"], manifest["chips"])
-    if args.parts is not None:
-        parts = split_payload(args.out, args.parts, args.part_mib)
-        log.info("%d parts in %s: carry one per device call", len(parts), args.parts)
+    if part_bytes is not None:
+        parts = split_payload(args.out, args.parts, part_bytes)
+        log.info(
+            "%d parts of at most %.2f MiB in %s: %d device calls, one part each (the first "
+            "also parts.json; the last trains)", len(parts), part_bytes / MIB, args.parts,
+            len(parts),
+        )  # fmt: skip
     return 0
 
 
