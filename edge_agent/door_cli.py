@@ -33,12 +33,19 @@ def add_door_args(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--challenge",
         default=env("KFAAR_CHALLENGE", "off"),
-        help="active challenge, one action drawn at random per attempt: 'off' (default), "
-        f"'on' ({' or '.join(DEFAULT_ACTIONS)}, the measured ones), 'all', or a comma list of "
-        f"{', '.join(ACTIONS)} (smile and blink are experimental) ($KFAAR_CHALLENGE)",
+        help="active challenge, a random sequence of timed head turns per attempt: 'off' "
+        f"(default), 'on' or 'all' ({' and '.join(DEFAULT_ACTIONS)}), or a comma list of "
+        f"{', '.join(ACTIONS)} ($KFAAR_CHALLENGE)",
     )
-    r.add_argument("--challenge-time", type=float, default=5.0,
-                   help="seconds the person has for the action (5)")  # fmt: skip
+    r.add_argument(
+        "--challenge-steps",
+        type=int,
+        default=int(env("KFAAR_CHALLENGE_STEPS", "3")),
+        help="prompts in one challenge (3; a replay ignoring them passes with a chance of "
+        "about 0.16 per step) ($KFAAR_CHALLENGE_STEPS)",
+    )
+    r.add_argument("--challenge-time", type=float, default=8.0,
+                   help="seconds allowed per step (8)")  # fmt: skip
     r.add_argument(
         "--on-accept",
         default=env("KFAAR_ON_ACCEPT"),
@@ -103,9 +110,12 @@ def door_setup(args: argparse.Namespace) -> tuple[LivenessGate, DoorActions | No
         passive = PassiveLiveness("int8" if args.liveness == "passive-int8" else "fp32")
     if args.challenge_time <= 0:
         raise ValueError("--challenge-time must be positive")
+    if not 1 <= args.challenge_steps <= 8:
+        raise ValueError("--challenge-steps must be between 1 and 8")
     prompt = lambda text: sys.stdout.write(f"challenge: {text}\n")  # noqa: E731
     gate = LivenessGate(passive, _actions(args.challenge),
-                        ChallengeConfig(time_limit_s=args.challenge_time), prompt)  # fmt: skip
+                        ChallengeConfig(steps=args.challenge_steps,
+                                        step_time_s=args.challenge_time), prompt)  # fmt: skip
     secret = b""
     if args.webhook:
         if args.webhook_secret_file is None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -14,6 +15,13 @@ from edge_agent.face.detect import Face, FaceDetector
 from edge_agent.face.image_io import load_image
 from edge_agent.liveness.attacks import simulate
 from edge_agent.liveness.pad import MODEL_DIR, PassiveLiveness, crop_box, crops, fuse_scores
+from training.liveness.real_data import (
+    bpcer_threshold,
+    load_manifest,
+    materialise,
+    read_bytes,
+    video_attempts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +96,53 @@ def test_fusion_is_the_median_and_needs_a_frame(pad) -> None:
 def test_bad_precision_is_refused() -> None:
     with pytest.raises(ValueError, match="precision"):
         PassiveLiveness("fp16")
+
+
+def test_real_sample_manifest_is_complete_and_consistent() -> None:
+    samples = load_manifest()
+    assert len({(s.repo, s.path) for s in samples}) == len(samples)  # no duplicates
+    assert all(s.licence and s.note for s in samples)
+    kinds = {s.attack_type for s in samples if s.label == "attack"}
+    assert "video-replay" in kinds and any(s.label == "bona fide" and s.is_video for s in samples)
+    # the media are never committed: no manifest path exists inside the repository
+    root = Path(__file__).parent.parent
+    assert not any((root / s.path).exists() for s in samples)
+
+
+def _tiny_video(path: Path, n: int) -> None:
+    """Write ``n`` 32x32 frames whose grey level encodes their index (8 levels apart)."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for i in range(n):
+        out.write(np.full((32, 32, 3), 8 * i, np.uint8))
+    out.release()
+
+
+def test_real_samples_verified_by_hash_and_videos_cut_into_attempts(tmp_path) -> None:
+    _tiny_video(tmp_path / "clip.avi", 30)
+    data = (tmp_path / "clip.avi").read_bytes()
+    entry = {"repo": "someone/clips", "commit": "a" * 40, "path": "v/clip.avi",
+             "sha256": hashlib.sha256(data).hexdigest(), "label": "attack",
+             "attack_type": "video-replay", "licence": "none", "note": "synthetic"}  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps({"samples": [entry]}))
+    (s,) = load_manifest(tmp_path / "m.json")
+    root = tmp_path / "root"
+    (root / "someone+clips/v").mkdir(parents=True)
+    (root / "someone+clips/v/clip.avi").write_bytes(data)
+    path = materialise(root, s, tmp_path / "cache")
+    att = video_attempts(path, attempts=4, per_attempt=3)
+    idx = [[round(float(f.mean()) / 8) for f in a] for a in att]
+    assert idx == [[0, 1, 2], [9, 10, 11], [18, 19, 20], [27, 28, 29]]  # consecutive, spread
+    (root / "someone+clips/v/clip.avi").write_bytes(data[:-10] + b"0" * 10)  # altered
+    with pytest.raises(ValueError, match="sha256"):
+        read_bytes(root, s)
+    bad = dict(entry, label="bona fide")  # a bona fide sample with an attack type
+    (tmp_path / "bad.json").write_text(json.dumps({"samples": [bad]}))
+    with pytest.raises(ValueError, match="label"):
+        load_manifest(tmp_path / "bad.json")
+
+
+def test_bpcer_threshold_keeps_bona_fide_refusals_within_budget() -> None:
+    bona = [i / 100 for i in range(100)]  # 100 live scores 0.00 .. 0.99
+    th = bpcer_threshold(bona, 0.02)
+    assert th == pytest.approx(0.02) and sum(s < th for s in bona) == 2
+    assert bpcer_threshold([None] * 3 + bona[:97], 0.02) == 0.0  # no faces use the budget

@@ -110,5 +110,38 @@ def test_door_options_are_checked(tmp_path: Path) -> None:
     gate, door = door_setup(p.parse_args([*args, *journal]))
     assert gate.passive is None and gate.actions == DEFAULT_ACTIONS
     assert door is not None and door.cfg.on_accept == ("open-door", "--relay", "2 a")
+    with pytest.raises(ValueError, match="challenge-steps"):
+        door_setup(p.parse_args(["--liveness", "off", "--challenge-steps", "0", *journal]))
+    gate, _ = door_setup(p.parse_args(["--liveness", "off", "--challenge", "on",
+                                       "--challenge-steps", "2", *journal]))  # fmt: skip
+    assert gate.challenge.steps == 2 and gate.challenge.time_limit_s == 18.0
     gate, door = door_setup(p.parse_args(journal))  # the defaults: passive on, no actions
     assert gate.passive is not None and gate.actions == () and door is None
+
+
+def test_the_challenge_prompts_each_step_and_sends_its_sequence() -> None:
+    """A head that follows the prompts told through the gate passes; the sequence is sent."""
+    from test_liveness_challenge import BLANK, FPS, head  # the synthetic 3-D head
+
+    from edge_agent.liveness.challenge import ACTIONS
+
+    shown: list[str] = []
+    gate = LivenessGate(None, ACTIONS, prompt=shown.append)
+    state = gate.new_attempt()
+    yaw, target, since = 0.0, 0.0, None
+    for i in range(int(gate.challenge.time_limit_s * FPS)):
+        t = i / FPS
+        if since is not None and t - since >= 0.5:
+            yaw = target  # half a second after each prompt the head is where it was asked
+        state.add(t, BLANK, head(yaw))
+        if shown and shown[-1] != "<seen>":
+            text, shown[-1] = shown[-1], "<seen>"
+            since = t
+            target = 25.0 if "left" in text else -25.0 if "right" in text else 0.0
+        if state.ready:
+            break
+    live, reason, ev = state.verdict()
+    assert live and reason == "live" and ev.method == "active-challenge", reason
+    steps = ev.challenge.split(",")
+    assert len(steps) == gate.challenge.steps and set(steps) <= set(ACTIONS)
+    assert shown.count("<seen>") == 1 + 2 * len(steps)  # look, then a turn and a return each

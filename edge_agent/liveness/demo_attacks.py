@@ -4,7 +4,7 @@ All three use a held-out photo of an enrolled person claiming that same person, 
 identity check alone would let them in; the liveness gate must refuse them. The print and
 the screen are simulated from the sample photo (edge_agent/liveness/attacks.py), and
 labelled so; the still photo is moved by hand in front of a door that asks for a random
-action (a turn, the door's default challenge).
+sequence of timed head turns (the door's challenge).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def presentation_attacks(
         (
             "still photo",
             LivenessGate(pad, DEFAULT_ACTIONS, prompt=lambda _: None),
-            hand_moved(photo, 16, rng),
+            hand_moved(photo, 32, rng),
         ),
     ]
     rows = []

@@ -1,9 +1,9 @@
 """The door's liveness gate: passive PAD and an optional random challenge, per attempt.
 
 Each attempt gets its own state: every frame with a face is scored by the passive model
-(scores fused when the attempt closes), and, where the door asks for it, a random action
-is drawn and checked over the attempt's frames. The attempt is not decided before the
-challenge is. The verdict travels to the service as ``LivenessEvidence``.
+(scores fused when the attempt closes), and, where the door asks for it, a random sequence
+of timed turns is prompted and checked over the attempt's frames. The attempt is not
+decided before the challenge is. The verdict travels to the service as ``LivenessEvidence``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from edge_agent.liveness.challenge import (
     PROMPTS,
     Challenge,
     ChallengeConfig,
-    draw_action,
+    draw_sequence,
 )
 from edge_agent.liveness.pad import PassiveLiveness
 from kfaar_pb.v1 import auth_pb2
@@ -60,8 +60,11 @@ class AttemptLiveness:
         self.scores: list[float] = []
         self.challenge: Challenge | None = None
         if gate.actions:
-            self.challenge = Challenge(draw_action(gate.actions), gate.challenge)
-            gate.prompt(f"please {PROMPTS[self.challenge.action]}")
+            # The sequence and every prompt's moment come from the OS CSPRNG; the
+            # challenge prompts each step itself, when its random moment comes.
+            steps = draw_sequence(gate.actions, gate.challenge.steps)
+            self.challenge = Challenge(steps, gate.challenge, prompt=gate.prompt)
+            gate.prompt(f"please {PROMPTS['back']}")
 
     def add(self, t: float, frame: np.ndarray, face: Face) -> None:
         """Score one frame of the attempt and feed it to the challenge."""
@@ -90,7 +93,7 @@ class AttemptLiveness:
                 reasons.append(res.reason())
         if self.challenge is not None:
             methods.append(ACTIVE)
-            ev.challenge = self.challenge.action
+            ev.challenge = self.challenge.action  # the sequence, e.g. "turn_left,turn_right"
             outcome = self.challenge.finish()
             live &= outcome == "passed"
             if outcome != "passed":
