@@ -47,9 +47,17 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
             scope = check_scope(request.scope)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if len(request.cert_sha256) not in (0, 32):  # 32 bytes: room for a digest, nothing more
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "cert_sha256 must be the 32-byte SHA-256 of the client certificate (or empty)",
+            )
         self.store.put_device(device, request.verify_key, scope)
         self.store.set_single_view(device, request.single_view)
+        self.store.set_device_cert(device, request.cert_sha256 or None)
         single = " (single-view)" if request.single_view else ""
+        if request.cert_sha256:  # a fingerprint of a public certificate: no secret
+            single += f" (client certificate sha256 {request.cert_sha256.hex()[:16]}...)"
         what = f"{device} in scope {scope}{single}"
         self.store.audit(_actor(context), "RegisterDevice", None, what)
         return auth_pb2.RegisterDeviceReply()

@@ -81,8 +81,11 @@ def check_health(args: argparse.Namespace) -> int:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         # The service says why it does not serve (auth_service/health.py), e.g. a failed
         # integrity check of its store.
-        why = dict(call.trailing_metadata() or ()).get("kfaar-health-reason")
+        said = dict(call.trailing_metadata() or ())
+        why = said.get("kfaar-health-reason")
         line = f"{label}: {status}" + (f" ({why})" if why else "")
+        if said.get("kfaar-health-warning"):  # serving, but e.g. from an unsigned store
+            line += f" [warning: {said['kfaar-health-warning']}]"
         return reply.status == health_pb2.HealthCheckResponse.SERVING, line, False
 
     with ThreadPoolExecutor(max_workers=min(16, len(replicas))) as pool:
@@ -125,6 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the device never fuses frames: decide its probes at the single-frame threshold "
         "(others: the stricter fused one, whatever they declare) and refuse fused ones",
     )
+    reg.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="PEM",
+        help="bind the device to this TLS client certificate (its SHA-256 is stored): its "
+        "calls are then refused unless they arrive over mTLS with exactly this certificate",
+    )
     unreg = actions.add_parser("unregister-device", help="forget a device (a lost camera)")
     unreg.add_argument("device_id")
     tok = actions.add_parser("create-token", help="issue an app token; printed once")
@@ -151,6 +161,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_admin)
 
 
+def cert_fingerprint(path: Path) -> bytes:
+    """Return the SHA-256 of a PEM certificate's DER encoding, or raise ValueError."""
+    import hashlib
+    import ssl
+
+    try:
+        der = ssl.PEM_cert_to_DER_cert(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--client-cert {path}: not a readable PEM certificate ({exc})") from None
+    return hashlib.sha256(der).digest()
+
+
 def _admin(args: argparse.Namespace) -> int:
     from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
@@ -169,6 +191,7 @@ def _admin(args: argparse.Namespace) -> int:
                 verify_key=key,
                 scope=args.scope,
                 single_view=args.single_view,
+                cert_sha256=cert_fingerprint(args.client_cert) if args.client_cert else b"",
             )
             admin.RegisterDevice(req, metadata=meta, timeout=10)
             sys.stdout.write(f"registered {args.device_id} in scope {args.scope or 'default'}\n")

@@ -39,7 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=_env("KFAAR_SERVICE_KEY_FILE"),
         help="the service's own key (audit checkpoint signatures, template integrity tags), "
         "kept out of the database ($KFAAR_SERVICE_KEY_FILE; default: DB.key next to --db; "
-        "with --db-url, replicas must share one)",
+        "with --db-url, required, and every replica must share one: `kfaar db init "
+        "--db-url URL --service-key-file PATH` makes it)",
+    )
+    p.add_argument(
+        "--allow-unsigned-store",
+        action="store_true",
+        default=_env("KFAAR_ALLOW_UNSIGNED_STORE", "") in ("1", "true", "yes"),
+        help="serve a PostgreSQL store without a service key: templates untagged, audit "
+        "checkpoints unsigned; logged as an error at start and shown by `kfaar health` "
+        "($KFAAR_ALLOW_UNSIGNED_STORE=1; default: refuse to start, exit 2)",
     )
     p.add_argument(
         "--integrity-check",
@@ -166,7 +175,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "health",
         help="ask a running service whether it serves (exit 0) or not (exit 1)",
         description="Query the gRPC health service, as a container HEALTHCHECK or a "
-        "Kubernetes exec probe would. TLS settings are the edge agent's.",
+        "Kubernetes exec probe would. TLS settings are the edge agent's. Prints the "
+        "replica's reason for NOT_SERVING, and a warning it serves with (e.g. an unsigned "
+        "store: `SERVING [warning: ...]`, still exit 0).",
     )
     add_connection_args(h)
     h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
@@ -238,6 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
         create_db=args.create,
         service_key_file=args.service_key_file,
         integrity_check_s=args.integrity_check,
+        allow_unsigned_store=args.allow_unsigned_store,
     )
     from auth_service.service_key import ServiceKeyError
 

@@ -9,12 +9,15 @@ them is safe; running it first makes a failed migration a failed Job, not crash 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from auth_service.admin_cli import env
+
+log = logging.getLogger(__name__)
 
 _USERINFO_SECRET = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")  # postgresql://user:SECRET@host
 _KEYWORD_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -42,11 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(handler=_migrate)
     i = actions.add_parser(
         "init",
-        help="create a new SQLite store and its service key",
+        help="create a new store and its service key",
         description="Create the SQLite file --db (refused if it exists) at the current schema, "
         "and the service key next to it (DB.key, or --service-key-file), which signs audit "
         "checkpoints and tags templates. `kfaar serve` refuses a missing or empty database "
-        "unless this made it (or it runs with --create). PostgreSQL: `kfaar db migrate`.",
+        "unless this made it (or it runs with --create). PostgreSQL (--db-url, the database "
+        "must exist): bring its schema up to date and create the service key "
+        "--service-key-file names (required; refused if the file exists), which every "
+        "replica then gets as $KFAAR_SERVICE_KEY_FILE; `kfaar serve` refuses PostgreSQL "
+        "without it.",
     )
     add_store_args(i)
     _key_arg(i)
@@ -75,7 +82,7 @@ def _init(args: argparse.Namespace) -> int:
     from auth_service.store_sqlite import SqliteStore
 
     if args.db_url:
-        raise ValueError("kfaar db init makes SQLite files; for PostgreSQL run kfaar db migrate")
+        return _init_postgres(args)
     if args.db.exists() and args.db.stat().st_size > 0:
         raise ValueError(f"--db: {args.db} exists already; kfaar db migrate upgrades it")
     if not args.db.parent.is_dir():
@@ -92,20 +99,101 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_postgres(args: argparse.Namespace) -> int:
+    """Create the service key of a PostgreSQL store, migrate it and tag its templates."""
+    from auth_service import service_key
+
+    if not args.service_key_file:
+        raise ValueError(
+            "--service-key-file (or $KFAAR_SERVICE_KEY_FILE): where to write the key every "
+            "replica of this PostgreSQL store will share"
+        )
+    key_path = Path(args.service_key_file)
+    if key_path.exists():
+        raise ValueError(f"--service-key-file: {key_path} exists already; kfaar db migrate uses it")
+    store, where = _open_postgres(args)
+    try:
+        if store.has_tagged_templates():
+            raise ValueError(
+                f"{where} holds templates tagged with another service key: restore that key "
+                "file instead of making a new one"
+            )
+        key = service_key.create(key_path)
+        tagged = tag_untagged(store, key)
+        version = store.schema_version
+    finally:
+        store.close()
+    sys.stdout.write(f"initialised {where} (schema version {version}), key {key_path}\n")
+    if tagged:
+        sys.stdout.write(f"tagged {tagged} templates stored before integrity tags\n")
+    return 0
+
+
+def _open_postgres(args: argparse.Namespace):
+    """Open (and migrate) the PostgreSQL store --db-url names; return it and its redacted URL."""
+    try:
+        from auth_service.store_postgres import PostgresStore
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"--db-url needs kfaar[postgres] ({exc.name} is missing)") from None
+    secrets = check_db_url(args.db_url)
+    where = redact(args.db_url, secrets)
+    try:
+        return PostgresStore(args.db_url), where
+    except Exception as exc:  # psycopg and the store word it; the password must not show
+        why = redact(str(exc).strip(), secrets)
+        raise ValueError(f"cannot open {where}: {why}") from None
+
+
 def tag_untagged(store, key) -> int:
-    """Tag the templates an older schema stored without one; return how many."""
+    """Tag templates stored without a tag, and re-tag schema 5 tags under generations.
+
+    A template of schema 5 carries a tag without the subject's generation: it is re-tagged
+    under the subject's current generation if (and only if) its old tag is valid. Returns
+    how many had no tag; the re-tagged and refused ones are logged and printed.
+    """
+    store.service_key = key  # generation rows made here get their tag too
     with store._read() as db:
         rows = db.execute(
-            "SELECT id, subject_id, model, space, vector FROM templates WHERE tag IS NULL"
+            "SELECT id, subject_id, model, space, vector, tag, generation FROM templates "
+            "WHERE tag IS NULL OR generation = 0"
         ).fetchall()
+        gens = db.execute(
+            "SELECT subject_id, generation FROM subject_generations WHERE tag IS NULL"
+        ).fetchall()
+    counts = {"tagged": 0, "retagged": 0, "refused": 0}
 
-    def run(db) -> int:
-        for rid, subject, model, space, vector in rows:
-            tag = key.tag(subject, model, space, bytes(vector))
-            db.execute("UPDATE templates SET tag = ? WHERE id = ?", (tag, rid))
-        return len(rows)
+    def run(db) -> None:
+        for subject, gen in gens:  # written by a replica without a key
+            db.execute(
+                "UPDATE subject_generations SET tag = ? WHERE subject_id = ?",
+                (key.generation_tag(subject, int(gen)), subject),
+            )
+        for rid, subject, model, space, vector, tag, gen in rows:
+            vector = bytes(vector)
+            if tag is not None and not key.check(tag, subject, model, space, vector):
+                counts["refused"] += 1  # not the service's: stays refused, off the count
+                db.execute("UPDATE templates SET generation = -1 WHERE id = ?", (rid,))
+                continue
+            gen = int(gen) or store._generation(db, subject, move_on=False)
+            db.execute(
+                "UPDATE templates SET tag = ?, generation = ? WHERE id = ?",
+                (key.tag(subject, model, space, vector, gen), gen, rid),
+            )
+            counts["tagged" if tag is None else "retagged"] += 1
 
-    return int(store._tx(run)) if rows else 0
+    if rows or gens:
+        store._tx(run)
+    if counts["retagged"]:
+        log.info("re-tagged %d templates under their subject's generation", counts["retagged"])
+        sys.stdout.write(
+            f"re-tagged {counts['retagged']} templates under their subject's generation\n"
+        )
+    if counts["refused"]:
+        log.warning("left %d templates with a tag that is not the service's", counts["refused"])
+        sys.stdout.write(
+            f"left {counts['refused']} templates whose tag is not this key's (refused)\n"
+        )
+    return counts["tagged"]
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:

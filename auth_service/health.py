@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2
 log = logging.getLogger(__name__)
 
 REASON_KEY = "kfaar-health-reason"
+# A replica that serves but should not be trusted as much (e.g. an unsigned store).
+WARNING_KEY = "kfaar-health-warning"
 CHECKPOINT_EVERY_S = 60.0
 
 
@@ -26,13 +28,14 @@ class ReasonedHealth(health.HealthServicer):
     def __init__(self) -> None:
         super().__init__()
         self.reason = ""
+        self.warning = ""  # shown by `kfaar health` even while SERVING
         self.names: list[str] = [""]
 
     def Check(self, request, context):
         reply = super().Check(request, context)
-        if self.reason:  # metadata values are one line of printable ASCII
-            text = " ".join(self.reason.split()).encode("ascii", "replace").decode()
-            context.set_trailing_metadata(((REASON_KEY, text[:500]),))
+        said = [(k, v) for k, v in ((REASON_KEY, self.reason), (WARNING_KEY, self.warning)) if v]
+        if said:  # metadata values are one line of printable ASCII
+            context.set_trailing_metadata(tuple((k, _one_line(v)) for k, v in said))
         return reply
 
     def serving(self, names: list[str]) -> None:
@@ -49,6 +52,10 @@ class ReasonedHealth(health.HealthServicer):
         self.reason = self.reason or reason
         for name in self.names:
             self.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).encode("ascii", "replace").decode()[:500]
 
 
 class Watchdog(threading.Thread):

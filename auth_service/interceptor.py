@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import hmac
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -80,6 +82,25 @@ class DeviceVerifier:
             raise ProofError(f"unknown device {request.proof.device_id!r}")
         verify(method, request, nacl.signing.VerifyKey(found[0]), self.nonces)
         return request.proof.device_id, found[1]
+
+
+def check_channel_cert(store: TemplateStore, device: str, context) -> None:
+    """Refuse (ProofError) a device bound to a client certificate calling without it.
+
+    A device registered with ``cert_sha256`` must call over TLS presenting exactly that
+    certificate: a stolen device key used from anywhere else, or over plaintext, is refused.
+    """
+    bound = store.device_cert(device)
+    if bound is None:
+        return
+    pem = (context.auth_context() or {}).get("x509_pem_cert") or [b""]
+    presented = b""
+    if pem[0]:
+        presented = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem[0].decode())).digest()
+    if not presented:
+        raise ProofError(f"device {device!r} is bound to a client certificate; none was presented")
+    if not hmac.compare_digest(presented, bound):
+        raise ProofError(f"device {device!r} is bound to another client certificate")
 
 
 def bind_grant(store: TemplateStore, grant: Grant, device: str, scope: str) -> Grant:
@@ -165,6 +186,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if verifier is not None:
                 try:
                     device, scope = verifier.check_device(method, request)
+                    check_channel_cert(self.store, device, context)
                 except ProofError as exc:
                     log.info("refused %s: %s", method, exc)
                     code = grpc.StatusCode.UNAUTHENTICATED

@@ -39,6 +39,20 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20  # 32 templates of 128 floats are 17 KB; nothing needs more
 MAX_CONNECTION_AGE_MS = 300_000
+UNSIGNED_ENV = "KFAAR_ALLOW_UNSIGNED_STORE"
+UNSIGNED_REFUSAL = (
+    f"a PostgreSQL store needs the service key every replica shares: set "
+    f"${service_key.KEY_ENV} (or --service-key-file) to its file; create one with "
+    "`kfaar db init --db-url URL --service-key-file PATH` (its key step), then give it to "
+    "every replica as a secret. Without it templates carry no integrity tag and audit "
+    f"checkpoints are not signed; to run so anyway, pass --allow-unsigned-store "
+    f"(${UNSIGNED_ENV}=1)"
+)
+UNSIGNED_WARNING = (
+    "UNSIGNED STORE: running without a service key (--allow-unsigned-store): templates "
+    "carry no integrity tag and audit checkpoints are not signed; anyone who can write the "
+    f"database can swap templates unnoticed. Set ${service_key.KEY_ENV}."
+)
 
 
 @dataclass
@@ -74,6 +88,9 @@ class ServerConfig:
     # for PostgreSQL $KFAAR_SERVICE_KEY_FILE (unset: neither tags nor signatures).
     service_key_file: Path | None = None
     integrity_check_s: float = 600.0  # seconds between integrity checks of the store
+    # PostgreSQL without a service key serves untagged templates and unsigned checkpoints:
+    # refused unless the operator says so (`--allow-unsigned-store`), loudly and in health.
+    allow_unsigned_store: bool = False
 
 
 @dataclass
@@ -126,11 +143,9 @@ def load_service_key(
     if path is None and not cfg.db_url:
         path = service_key.default_path(cfg.db)
     if path is None:
-        log.warning(
-            "no service key ($%s): templates carry no integrity tag and audit checkpoints "
-            "are not signed",
-            service_key.KEY_ENV,
-        )
+        if not cfg.allow_unsigned_store:
+            raise service_key.ServiceKeyError(UNSIGNED_REFUSAL)
+        log.error("%s", UNSIGNED_WARNING)
         return None
     if not Path(path).exists() and store is not None and store.has_tagged_templates():
         raise service_key.ServiceKeyError(
@@ -146,11 +161,20 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     if getattr(store, "service_key", None) is None:
         try:
             store.service_key = load_service_key(cfg, store)
+            if store.service_key is not None and (n := store.legacy_tagged_templates()):
+                # Their tags name no generation: served as they are, every one would be
+                # refused; re-tagging them is the operator's act, with the key.
+                raise service_key.ServiceKeyError(
+                    f"{n} templates carry integrity tags from before subject generations "
+                    "(schema 6): run `kfaar db migrate` with the service key first"
+                )
         except service_key.ServiceKeyError:
             if opened:
                 store.close()
             raise
     health_servicer = ReasonedHealth()
+    if getattr(store, "service_key", None) is None:  # allowed only by --allow-unsigned-store
+        health_servicer.warning = "unsigned store: no service key, templates untagged"
     store.on_fault = health_servicer.unhealthy
     watchdog = Watchdog(store, cfg.integrity_check_s)
     watchdog.check()  # before serving: a damaged store starts NOT_SERVING, with the reason

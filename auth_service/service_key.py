@@ -49,16 +49,46 @@ class ServiceKey:
     def verify_key(self) -> bytes:
         return self.signing.verify_key.encode()
 
-    def tag(self, subject: str, model: str, space: int, vector: bytes) -> bytes:
-        """Return the HMAC-SHA256 integrity tag of one stored template."""
+    def tag(
+        self, subject: str, model: str, space: int, vector: bytes, generation: int | None = None
+    ) -> bytes:
+        """Return the HMAC-SHA256 integrity tag of one stored template.
+
+        ``generation`` binds the tag to the subject's generation (schema 6); None gives the
+        tag of schema 5, which only ``kfaar db migrate`` still reads, to re-tag.
+        """
         key = _derive(self.seed, b"kfaar-tmpl-tag")
         msg = b"\0".join([subject.encode(), model.encode(), str(int(space)).encode(), vector])
+        if generation is not None:
+            msg += b"\0g" + str(int(generation)).encode()
         return hmac.new(key, msg, hashlib.sha256).digest()
 
-    def check(self, tag: bytes | None, subject: str, model: str, space: int, vector: bytes) -> bool:
+    def check(
+        self,
+        tag: bytes | None,
+        subject: str,
+        model: str,
+        space: int,
+        vector: bytes,
+        generation: int | None = None,
+    ) -> bool:
         """Return whether ``tag`` is this service's tag of the template."""
         return tag is not None and hmac.compare_digest(
-            bytes(tag), self.tag(subject, model, space, vector)
+            bytes(tag), self.tag(subject, model, space, vector, generation)
+        )
+
+    def generation_tag(self, subject: str, generation: int) -> bytes:
+        """Return the HMAC-SHA256 tag of a subject's generation counter."""
+        key = _derive(self.seed, b"kfaar-gen-tag")
+        msg = subject.encode() + b"\0" + str(int(generation)).encode()
+        return hmac.new(key, msg, hashlib.sha256).digest()
+
+    def check_generation(self, tag: bytes | None, subject: str, generation: int | None) -> bool:
+        """Return whether ``tag`` is this service's tag of the subject's generation."""
+        return (
+            tag is not None
+            and generation is not None
+            and hmac.compare_digest(bytes(tag), self.generation_tag(subject, generation))
         )
 
 

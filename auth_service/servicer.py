@@ -24,7 +24,7 @@ from auth_service.authz import (
 )
 from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache
 from auth_service.index import IndexConfig, SearchIndex, build_index
-from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, bind_grant
+from auth_service.interceptor import CALLER_ROLE, DeviceVerifier, bind_grant, check_channel_cert
 from auth_service.liveness_policy import LivenessPolicy
 from auth_service.metrics import Metrics
 from auth_service.policy import (  # noqa: F401  (Policy and RequestError are imported from here)
@@ -369,6 +369,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 method = f"/kfaar.v1.AuthService/{kind.capitalize()}"
                 try:
                     device, scope = self.verifier.check_device(method, req)
+                    check_channel_cert(self.store, device, context)
                 except ProofError as exc:
                     msg = f"device proof: {exc}"
                     raise RequestError(grpc.StatusCode.UNAUTHENTICATED, msg) from None

@@ -1,4 +1,5 @@
-"""The store's guard state: device scopes, token grants, spent nonces and guess budgets.
+"""The store's guard state: devices and their scopes, tokens and their grants, spent
+nonces and guess budgets.
 
 Shared by SQLite and PostgreSQL (``SqlStore`` inherits it). Nonces and budgets live in
 the store rather than in memory so that a restart neither re-opens the replay window nor
@@ -7,6 +8,7 @@ forgets how much a device or subject has guessed, and replicas on one database s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -41,6 +43,71 @@ class GuardStore:
     _read: Callable[[], AbstractContextManager[Any]]
     _tx: Callable
     _nonces_purged_at = float("-inf")
+
+    def put_device(self, device_id: str, verify_key: bytes, scope: str = "default") -> None:
+        self._tx(
+            lambda db: db.execute(
+                "INSERT INTO devices (device_id, verify_key, created, scope) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET verify_key = excluded.verify_key, "
+                "created = excluded.created, scope = excluded.scope",
+                (device_id, verify_key, time.time(), scope),
+            )
+        )
+
+    def device_key(self, device_id: str) -> bytes | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT verify_key FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def remove_device(self, device_id: str) -> bool:
+        return bool(
+            self._tx(
+                lambda db: (
+                    db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount
+                )
+            )
+        )
+
+    def put_token(
+        self,
+        app_name: str,
+        token_hash: bytes,
+        scope: str = "default",
+        devices: tuple[str, ...] = (),
+        methods: tuple[str, ...] = (),
+        shared: bool = False,
+    ) -> None:
+        """Store a token's hash and grant: scope, devices, methods (empty: defaults), sharing."""
+        sql = (
+            "INSERT INTO app_tokens (app_name, token_hash, created, scope, devices, methods, "
+            "shared) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_name) DO UPDATE SET "
+            "token_hash = excluded.token_hash, created = excluded.created, "
+            "scope = excluded.scope, devices = excluded.devices, methods = excluded.methods, "
+            "shared = excluded.shared"
+        )
+        row = (
+            app_name,
+            token_hash,
+            time.time(),
+            scope,
+            "\n".join(devices),
+            ",".join(methods),
+            int(shared),
+        )
+        self._tx(lambda db: db.execute(sql, row))
+
+    def token_app(self, token_hash: bytes) -> str | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT app_name FROM app_tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def remove_token(self, app_name: str) -> bool:
+        sql = "DELETE FROM app_tokens WHERE app_name = ?"
+        return bool(self._tx(lambda db: db.execute(sql, (app_name,)).rowcount))
 
     def device(self, device_id: str) -> tuple[bytes, str] | None:
         """Return a registered device's verify key and scope."""

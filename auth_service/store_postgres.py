@@ -23,7 +23,15 @@ from psycopg_pool import ConnectionPool
 
 from auth_service import changelog, store_security
 from auth_service.changelog import ChangeWaiter
-from auth_service.store import EMBED_DIM, Gallery, SqlStore, StoreError, StoreUnavailable
+from auth_service.store import (
+    EMBED_DIM,
+    GENERATION_COLUMNS,
+    GENERATION_JOIN,
+    Gallery,
+    SqlStore,
+    StoreError,
+    StoreUnavailable,
+)
 from auth_service.store_guard import POSTGRES_MIGRATION
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,10 @@ MIGRATIONS = (
     changelog.POSTGRES_MIGRATION,
     # 5: subject owners, token binding, template tags, the audit chain (store_security.py).
     store_security.POSTGRES_MIGRATION,
+    # 6: per-subject generations bound into template tags (store_security.py).
+    store_security.POSTGRES_GENERATIONS,
+    # 7: devices bound to their client certificate (store_security.py).
+    store_security.POSTGRES_DEVICE_CERTS,
 )
 GALLERY_BATCH = 20_000  # rows per fetch when a replica loads its gallery
 # Budget rows are locked by key in this advisory-lock namespace ("kf"); the migration
@@ -199,20 +211,27 @@ class PostgresStore(SqlStore):
             return db.execute("SELECT version FROM schema_version").fetchone()[0]
 
     def gallery(self, model: str, space: int) -> Gallery:
-        """Stream one gallery in batches, in binary (a million rows are 0.5 GB of vectors)."""
+        """Stream one gallery in batches, in binary (a million rows are 0.5 GB of vectors).
+
+        With a service key, rows without a valid tag are left out, as Verify leaves them
+        out (``_tagged``): a row written without the key is no Identify candidate either.
+        """
         subjects: list[str] = []
         chunks: list[bytes] = []
         with self._connection() as db, db.conn.transaction():
             db.execute("SET LOCAL statement_timeout = 0")  # longer than any one call
             with db.conn.cursor(name="kfaar_gallery", binary=True) as cur:
                 cur.execute(
-                    "SELECT subject_id, vector FROM templates WHERE model = %s AND space = %s "
-                    "ORDER BY id",
+                    f"SELECT t.subject_id, t.vector, {GENERATION_COLUMNS} FROM templates t "
+                    f"{GENERATION_JOIN} WHERE t.model = %s AND t.space = %s ORDER BY t.id",
                     (model, space),
                 )
                 while rows := cur.fetchmany(GALLERY_BATCH):
-                    subjects.extend(s for s, _ in rows)
-                    chunks.append(b"".join(v for _, v in rows))
+                    if self.service_key is not None:
+                        kept = self._tagged([(s, model, space, v, *g) for s, v, *g in rows])
+                        rows = [(s, v) for s, _, _, v in kept]
+                    subjects.extend(r[0] for r in rows)
+                    chunks.append(b"".join(bytes(r[1]) for r in rows))
         vectors = np.frombuffer(b"".join(chunks), np.float32).reshape(-1, EMBED_DIM)
         return Gallery(subjects, vectors)
 

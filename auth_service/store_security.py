@@ -56,6 +56,21 @@ POSTGRES_MIGRATION = (
     .replace("REAL", "DOUBLE PRECISION")
 )
 
+# 6: per-subject generations. Every Rekey and Revoke (and a subject's first template)
+# moves the subject's generation on; template tags bind it, and the generation row has
+# its own tag, so a template row put back after a Rekey or Revoke fails its tag. Rows of
+# schema 5 keep generation 0 until `kfaar db migrate` re-tags them under the key.
+SQLITE_GENERATIONS = """
+    CREATE TABLE subject_generations (
+        subject_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, tag BLOB
+    );
+    ALTER TABLE templates ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+"""
+POSTGRES_GENERATIONS = SQLITE_GENERATIONS.replace("BLOB", "BYTEA").replace("INTEGER", "BIGINT")
+# 7: a device may be bound to its TLS client certificate (SHA-256 of the DER).
+SQLITE_DEVICE_CERTS = "ALTER TABLE devices ADD COLUMN cert_sha256 BLOB;"
+POSTGRES_DEVICE_CERTS = SQLITE_DEVICE_CERTS.replace("BLOB", "BYTEA")
+
 
 class SecurityStore:
     """Mixin over ``SqlStore``: needs ``_read`` and ``_tx``."""
@@ -87,6 +102,23 @@ class SecurityStore:
                 (int(single_view), device_id),
             )
         )
+
+    def set_device_cert(self, device_id: str, cert_sha256: bytes | None) -> None:
+        """Bind a device to the SHA-256 of its client certificate (None: unbind)."""
+        self._tx(
+            lambda db: db.execute(
+                "UPDATE devices SET cert_sha256 = ? WHERE device_id = ?",
+                (cert_sha256, device_id),
+            )
+        )
+
+    def device_cert(self, device_id: str) -> bytes | None:
+        """Return the client certificate's SHA-256 a device is bound to, if any."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT cert_sha256 FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     # -- tokens bound on first use ------------------------------------------------------
     def token_row(self, token_hash: bytes) -> tuple[str, str, list[str], list[str], bool] | None:

@@ -99,6 +99,8 @@ class Site:
             guess=budgets,
             db_url=db_url,
             tls=tls,
+            # Replicas on one PostgreSQL share one service key (serve refuses none).
+            service_key_file=db.parent / "pg-service.key" if db_url else None,
         )
         self.running: Running = start(self.cfg)
         self.keys: dict[str, nacl.signing.SigningKey] = {}

@@ -240,6 +240,30 @@ def test_compose_scales_with_postgres_and_keeps_sqlite_at_one() -> None:
     assert "postgres" in migrate["depends_on"]
 
 
+def test_every_postgresql_replica_and_migration_gets_the_service_key() -> None:
+    # Without it kfaar serve refuses PostgreSQL (exit 2): the examples must provide one.
+    services = _yaml_docs(REPO / "deploy/compose.yaml")[0]["services"]
+    for name in ("kfaar-serve-pg", "kfaar-migrate"):
+        path = services[name]["environment"]["KFAAR_SERVICE_KEY_FILE"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts[path].startswith("./secrets/"), (name, mounts)
+        assert "KFAAR_ALLOW_UNSIGNED_STORE" not in services[name]["environment"]
+    header = (REPO / "deploy/compose.yaml").read_text()
+    assert "> deploy/secrets/service-key" in header  # the operator is told to make it
+    docs = _k8s()
+    k8s_header = (REPO / "deploy/k8s/kfaar-serve.yaml").read_text()
+    created = set(re.findall(r"create secret generic (\S+)", k8s_header))
+    for name, pod in _kfaar_pods(docs).items():
+        (container,) = pod["containers"]
+        env = _env(container)
+        assert "KFAAR_ALLOW_UNSIGNED_STORE" not in env
+        path = env["KFAAR_SERVICE_KEY_FILE"]["value"]
+        mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"]))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] in created, name
+        assert path.rsplit("/", 1)[1] in k8s_header  # the Secret's key is the file's name
+
+
 def _kustomize() -> list[str] | None:
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]

@@ -57,6 +57,7 @@ def devices(tmp_path: Path, request):
         admin_token=ADMIN,
         workers=4,
         db_url=url,
+        service_key_file=tmp_path / "pg-service.key" if url else None,
     )
     running = start(cfg)
     admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))

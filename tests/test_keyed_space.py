@@ -78,6 +78,7 @@ def service(tmp_path: Path, request):
         admin_token=ADMIN,
         index=index,
         db_url=request.getfixturevalue("postgres_url") if store == "postgres" else None,
+        service_key_file=tmp_path / "pg-service.key" if store == "postgres" else None,
     )
     running = start(cfg)
     admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))

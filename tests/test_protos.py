@@ -47,6 +47,7 @@ ALLOWED_BYTES = {
     "kfaar.v1.DeviceProof.nonce",
     "kfaar.v1.DeviceProof.signature",
     "kfaar.v1.RegisterDeviceRequest.verify_key",
+    "kfaar.v1.RegisterDeviceRequest.cert_sha256",  # a 32-byte digest of a public certificate
 }
 
 

@@ -414,3 +414,192 @@ def test_a_lost_service_key_is_not_silently_replaced(tmp_path: Path) -> None:
     default_path(tmp_path / "kfaar.db").unlink()
     with pytest.raises(ServiceKeyError, match="restore that key file"):
         start(site.cfg)  # even with create_db: a fresh key would refuse every template
+
+
+# -- PostgreSQL replicas must not run unsigned by accident --------------------------------
+def test_postgresql_without_a_service_key_is_refused_unless_allowed(
+    tmp_path: Path, postgres_url: str, capsys, caplog, monkeypatch
+) -> None:
+    from auth_service.server import start
+    from auth_service.service_key import ServiceKeyError
+    from edge_agent.cli import main
+
+    monkeypatch.delenv("KFAAR_SERVICE_KEY_FILE", raising=False)
+    monkeypatch.delenv("KFAAR_ALLOW_UNSIGNED_STORE", raising=False)
+    argv = ["serve", "--insecure", "--port", "0", "--db-url", postgres_url]
+    assert main(argv) == 2  # before: served, untagged and unsigned, with a warning
+    err = capsys.readouterr().err
+    assert "$KFAAR_SERVICE_KEY_FILE" in err and "kfaar db init" in err
+    assert "--allow-unsigned-store" in err and "Traceback" not in err
+    site = Site(tmp_path / "unused.db", db_url=postgres_url)  # with a key; now without one
+    site.stop()
+    site.running.store.close()
+    site.cfg.service_key_file = None
+    with pytest.raises(ServiceKeyError, match="KFAAR_SERVICE_KEY_FILE"):
+        start(site.cfg)
+    site.cfg.allow_unsigned_store = True
+    with caplog.at_level("ERROR", logger="auth_service.server"):
+        site.running = start(site.cfg)
+    try:
+        assert any("UNSIGNED STORE" in r.getMessage() for r in caplog.records)
+        assert main(["health", "--server", f"127.0.0.1:{site.running.port}"]) == 0
+        assert "SERVING [warning: unsigned store" in capsys.readouterr().out
+    finally:
+        site.stop()
+        site.running.store.close()
+
+
+def test_kfaar_db_init_makes_the_key_of_a_postgresql_store(
+    tmp_path: Path, postgres_url: str, capsys, monkeypatch
+) -> None:
+    from edge_agent.cli import main
+
+    monkeypatch.delenv("KFAAR_SERVICE_KEY_FILE", raising=False)
+    key = tmp_path / "service-key"
+    assert main(["db", "init", "--db-url", postgres_url]) == 2  # where would the key go?
+    assert "--service-key-file" in capsys.readouterr().err
+    assert main(["db", "init", "--db-url", postgres_url, "--service-key-file", str(key)]) == 0
+    assert "key " in capsys.readouterr().out and key.stat().st_mode & 0o777 == 0o600
+    load(key)
+    assert main(["db", "init", "--db-url", postgres_url, "--service-key-file", str(key)]) == 2
+    assert "exists already" in capsys.readouterr().err  # never over an existing key
+    site = Site(tmp_path / "unused.db", db_url=postgres_url)
+    site.stop()
+    site.running.store.close()
+    site.cfg.service_key_file = key  # the key db init made serves the store
+    site.running = __import__("auth_service.server", fromlist=["start"]).start(site.cfg)
+    try:
+        door = site.client("door")
+        door.enroll("alice", unit(1))
+        assert door.verify("alice", unit(1))
+        assert site.running.store.has_tagged_templates()
+    finally:
+        site.stop()
+        site.running.store.close()
+    other = tmp_path / "other-key"  # a second key for a store tagged with the first: refused
+    assert main(["db", "init", "--db-url", postgres_url, "--service-key-file", str(other)]) == 2
+    assert "restore that key file" in capsys.readouterr().err and not other.exists()
+
+
+def test_an_untagged_row_is_no_identify_candidate_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    import psycopg
+
+    site = Site(tmp_path / "unused.db", db_url=postgres_url)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    door.enroll("mallory", unit(2))
+    site.stop()
+    site.running.store.close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # written without the key
+        db.execute(
+            "INSERT INTO templates (subject_id, model, space, vector, created) "
+            "SELECT 'alice', model, space, vector, created FROM templates "
+            "WHERE subject_id = 'mallory'"
+        )
+    site.running = __import__("auth_service.server", fromlist=["start"]).start(site.cfg)
+    try:
+        mallory_door = site.reconnect(door)
+        assert mallory_door.identify(unit(2)) == ["mallory"]  # before: alice too
+        assert not mallory_door.verify("alice", unit(2))
+        assert mallory_door.verify("alice", unit(1))
+    finally:
+        site.stop()
+        site.running.store.close()
+
+
+# -- template rollback: a row put back after a Rekey or Revoke ------------------------------
+@pytest.fixture(params=["sqlite", "postgres"])
+def rollback_site(tmp_path: Path, request):
+    """A site, and a function running SQL on its database behind the service's back."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    site = Site(tmp_path / "kfaar.db", db_url=url)
+
+    def sql(statement: str, params: tuple = ()) -> list[tuple]:
+        if url:
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as db:
+                cur = db.execute(statement.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description else []
+        con = sqlite3.connect(tmp_path / "kfaar.db", isolation_level=None)
+        try:
+            return con.execute(statement, params).fetchall()
+        finally:
+            con.close()
+
+    yield site, sql
+    site.stop()
+    site.running.store.close()
+
+
+_ROW = "subject_id, model, space, vector, created, tag, generation"
+
+
+def _restart(site: Site) -> None:
+    site.running.stop(0)
+    site.running.store.close()
+    site.running = __import__("auth_service.server", fromlist=["start"]).start(site.cfg)
+
+
+def test_a_template_put_back_after_a_rekey_or_revoke_is_refused(rollback_site) -> None:
+    site, sql = rollback_site
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    door.enroll("bob", unit(2))
+    saved = sql(f"SELECT {_ROW} FROM templates WHERE subject_id IN ('alice', 'bob')")
+    old_gens = sql("SELECT subject_id, generation, tag FROM subject_generations")
+    door.call("Rekey", auth_pb2.RekeyRequest(subject_id="alice", templates=[emb(unit(3))]))
+    site.as_admin(door).call("Revoke", auth_pb2.RevokeRequest(subject_id="bob"))
+    site.running.stop(0)
+    marks = ", ".join("?" * 7)
+    for row in saved:  # the thief puts the old rows back, tags and all
+        sql(f"INSERT INTO templates ({_ROW}) VALUES ({marks})", row)
+    _restart(site)
+    door = site.reconnect(door)
+    assert not door.verify("alice", unit(1))  # before: accepted (the old tag passed)
+    assert door.verify("alice", unit(3))
+    assert code(lambda: door.verify("bob", unit(2))) == grpc.StatusCode.NOT_FOUND
+    assert door.identify(unit(1)) == [] and door.identify(unit(2)) == []
+    # Putting back the old generation rows too passes the load (docs/SECURITY.md): the
+    # audit chain, not the tag, records the Rekey and the Revoke.
+    assert len(old_gens) == 2
+
+
+def test_schema_5_tags_are_re_tagged_by_db_migrate_and_serve_says_so(
+    tmp_path: Path, capsys
+) -> None:
+    import numpy as np
+
+    from auth_service import service_key
+    from auth_service.store import MIGRATIONS
+    from edge_agent.cli import main
+
+    db = tmp_path / "old.db"
+    key = service_key.create(default_path(db))
+    con = sqlite3.connect(db, isolation_level=None)
+    for i, script in enumerate(MIGRATIONS[:5], start=1):
+        con.executescript(f"BEGIN; {script} PRAGMA user_version = {i}; COMMIT;")
+    for subject, seed in (("alice", 1), ("mallory", 2)):
+        vec = unit(seed).astype(np.float32).tobytes()
+        tag = key.tag(subject, "hpvfg/1.0.0", 1, vec) if subject == "alice" else b"x" * 32
+        con.execute(
+            "INSERT INTO templates (subject_id, model, space, vector, created, tag) "
+            "VALUES (?, 'hpvfg/1.0.0', 1, ?, 0, ?)",
+            (subject, vec, tag),
+        )
+    con.close()
+    argv = ["serve", "--insecure", "--port", "0", "--db", str(db)]
+    assert main(argv) == 2  # never serves quietly refusing every old template
+    assert "kfaar db migrate" in capsys.readouterr().err
+    assert main(["db", "migrate", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "re-tagged 1 templates" in out and "left 1 templates" in out
+    site = Site(db)
+    try:
+        door = site.reconnect(site.client("door"))
+        assert door.verify("alice", unit(1))
+        assert door.identify(unit(2)) == []  # a forged schema-5 tag stays refused
+    finally:
+        site.stop()

@@ -34,6 +34,7 @@ def service(tmp_path: Path, request):
         guess=GuessBudgets(pair=Budget(4, 1)),  # 4 misses per subject and device an hour
         index=index,
         db_url=request.getfixturevalue("postgres_url") if store == "postgres" else None,
+        service_key_file=tmp_path / "pg-service.key" if store == "postgres" else None,
     )
     running = start(cfg)
     admin_channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")

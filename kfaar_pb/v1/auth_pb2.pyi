@@ -186,16 +186,18 @@ class AuthDecision(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., verify: _Optional[_Union[VerifyReply, _Mapping]] = ..., identify: _Optional[_Union[IdentifyReply, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class RegisterDeviceRequest(_message.Message):
-    __slots__ = ("device_id", "verify_key", "scope", "single_view")
+    __slots__ = ("device_id", "verify_key", "scope", "single_view", "cert_sha256")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     VERIFY_KEY_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     SINGLE_VIEW_FIELD_NUMBER: _ClassVar[int]
+    CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     verify_key: bytes
     scope: str
     single_view: bool
-    def __init__(self, device_id: _Optional[str] = ..., verify_key: _Optional[bytes] = ..., scope: _Optional[str] = ..., single_view: _Optional[bool] = ...) -> None: ...
+    cert_sha256: bytes
+    def __init__(self, device_id: _Optional[str] = ..., verify_key: _Optional[bytes] = ..., scope: _Optional[str] = ..., single_view: _Optional[bool] = ..., cert_sha256: _Optional[bytes] = ...) -> None: ...
 
 class RegisterDeviceReply(_message.Message):
     __slots__ = ()
