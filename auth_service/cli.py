@@ -94,9 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="operating point: the false-accept rate whose thresholds, calibrated per space "
         "in the bundle, decide; 1e-3 or 1e-4 ($KFAAR_OPERATING_FAR; default 1e-3)",
     )
-    p.add_argument("--require-liveness", action="append", default=[], metavar="SCOPE",
+    p.add_argument("--require-liveness", action="append", default=[], metavar="SCOPE[:MODE]",
                    help="refuse Verify/Identify from devices of SCOPE without passed liveness "
-                   "evidence (repeatable; also $KFAAR_REQUIRE_LIVENESS=a,b)")  # fmt: skip
+                   "evidence; MODE any (default), passive, active (a timed challenge of 3+ "
+                   "steps) or both, which stops phone replays (repeatable; also "
+                   "$KFAAR_REQUIRE_LIVENESS=a,b:both)")  # fmt: skip
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -112,3 +112,60 @@ def test_stream_probes_are_held_to_the_same_rule(site: Site) -> None:
 def test_policy_reads_scopes_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("KFAAR_REQUIRE_LIVENESS", " hq, vault ,")
     assert LivenessPolicy.from_env(["lab"]).require == {"hq", "vault", "lab"}
+
+
+@pytest.fixture
+def strict_site(tmp_path: Path):
+    s = Site(tmp_path / "kfaar.db")
+    s.cfg = dataclasses.replace(s.cfg, liveness=LivenessPolicy.from_env(["hq:both", "lab:active"]))
+    s.restart()
+    yield s
+    s.stop()
+
+
+BOTH = "passive-minifasnet+active-challenge"
+
+
+@pytest.mark.parametrize(
+    ("scope", "evidence", "why"),
+    [
+        # passive PAD alone let most real phone replays through: a strict scope wants both
+        ("hq", live(), "scope requires the active challenge"),
+        (
+            "hq",
+            live(method=BOTH, challenge="turn_left"),
+            "challenge of 1 step(s)",
+        ),
+        ("hq", live(method=BOTH, challenge="turn_left,nod,turn_left"), "unknown challenge steps"),
+        ("lab", live(method="active-challenge", challenge="turn_left,turn_left"), "requires 3"),
+    ],
+)
+def test_a_scope_naming_its_methods_refuses_weaker_evidence(
+    strict_site: Site, scope: str, evidence, why: str
+) -> None:
+    door = _client(strict_site, f"door-{scope}", scope)
+    with pytest.raises(grpc.RpcError) as exc:
+        _verify(door, evidence)
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and why in exc.value.details()
+    assert any(why in row[-1] for row in strict_site.running.store.audit_log())
+
+
+def test_a_scope_naming_its_methods_accepts_what_it_names(strict_site: Site) -> None:
+    steps = "turn_left,turn_right,turn_left"
+    hq = _client(strict_site, "door-hq", "hq")
+    assert _verify(hq, live(method=BOTH, challenge=steps)).match
+    lab = _client(strict_site, "door-lab", "lab")
+    assert _verify(
+        lab, live(method="active-challenge", challenge=steps, score=1, threshold=1)
+    ).match
+
+
+def test_a_bad_liveness_mode_is_refused_on_the_command_line(monkeypatch, capsys) -> None:
+    from edge_agent.cli import main
+
+    assert LivenessPolicy.from_env(["hq:both"]).modes == {"hq": "both"}
+    with pytest.raises(ValueError, match="SCOPE:MODE"):
+        LivenessPolicy.from_env(["hq:sometimes"])
+    monkeypatch.setenv("KFAAR_REQUIRE_LIVENESS", "hq:sometimes")
+    assert main(["serve", "--insecure", "--port", "0", "--create", "--db", ":memory:"]) == 2
+    assert "'hq:sometimes': use SCOPE or SCOPE:MODE" in capsys.readouterr().err
