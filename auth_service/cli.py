@@ -195,11 +195,11 @@ def _serve(args: argparse.Namespace) -> int:
     from auth_service.index import IndexConfig
     from auth_service.index_sync import SyncConfig
     from auth_service.liveness_policy import LivenessPolicy
+    from auth_service.model_manifest import ModelManifest
     from auth_service.ratelimit import GuessBudgets
     from auth_service.server import ServerConfig, TLSFiles, serve_forever
     from auth_service.servicer import Policy
     from auth_service.store import StoreError
-    from edge_agent.hpvfg import Bundle
 
     if not args.idempotency_ttl > 0:
         raise ValueError("--idempotency-ttl must be a positive number of seconds")
@@ -227,7 +227,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise FileNotFoundError("--tls-cert and --tls-key must name readable files")
     token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
     virtual = frozenset(s.strip() for s in args.virtual_scopes.split(",") if s.strip())
-    policy = Policy.from_bundle(Bundle.load(args.bundle), args.allow_recovered, args.far, virtual)
+    policy = Policy.from_bundle(
+        ModelManifest.load(args.bundle), args.allow_recovered, args.far, virtual
+    )
     cfg = ServerConfig(
         db=args.db,
         policy=policy,

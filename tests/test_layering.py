@@ -39,8 +39,6 @@ KNOWN_BREAKS = {
     ("edge_agent.demo", "auth_service.server"),
     # builds the ONNX recognizer on first use when torch is there (lazy, ImportError handled)
     ("edge_agent.recognizer", "training.recognizer.export"),
-    # the service reads the HPVFG bundle's metadata from the edge package
-    ("auth_service.cli", "edge_agent.hpvfg"),
 }
 
 
