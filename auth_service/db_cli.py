@@ -256,17 +256,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from auth_service.store_sqlite import SqliteStore
 
     if args.db_url:
-        try:
-            from auth_service.store_postgres import PostgresStore
-        except ModuleNotFoundError as exc:
-            raise ValueError(f"--db-url needs kfaar[postgres] ({exc.name} is missing)") from None
-        secrets = check_db_url(args.db_url)
-        where = redact(args.db_url, secrets)
-        try:
-            store = PostgresStore(args.db_url)
-        except Exception as exc:  # psycopg and the store word it; the password must not show
-            why = redact(str(exc).strip(), secrets)
-            raise ValueError(f"cannot migrate {where}: {why}") from None
+        store, where = _open_postgres(args)
     else:
         if not args.db.parent.is_dir():
             raise FileNotFoundError(f"--db: no folder {args.db.parent} for {args.db.name}")

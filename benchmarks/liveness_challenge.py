@@ -89,6 +89,16 @@ def play(ch: Challenge, clip: Clip, idx: list[int], times: list[float]) -> str:
     return ch.finish()
 
 
+def _tally(res: dict, fails: dict, key: str, ch, out: str) -> None:
+    """Count one cooperative attempt; a schedule the door would never draw is not placeable."""
+    if ch.unreal:
+        res[key][2] += 1
+        return
+    res[key][0] += out == "passed"
+    res[key][1] += 1
+    fails[out.split(": ", 1)[-1]] += out != "passed"
+
+
 def cooperative_video(clips: list[Clip], cfg: ChallengeConfig, draws: int, rng) -> dict:
     """One-step attempts per labelled turn, and spliced three-step ones per clip."""
     res: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # passed, n, not placeable
@@ -104,13 +114,7 @@ def cooperative_video(clips: list[Clip], cfg: ChallengeConfig, draws: int, rng) 
                     continue
                 idx, at = seg
                 ch = Scripted([ep.side], ChallengeConfig(**{**cfg.__dict__, "steps": 1}), at)
-                out = play(ch, clip, idx, [clip.t[i] for i in idx])
-                if ch.unreal:
-                    res[key][2] += 1
-                    continue
-                res[key][0] += out == "passed"
-                res[key][1] += 1
-                fails[out.split(": ", 1)[-1]] += out != "passed"
+                _tally(res, fails, key, ch, play(ch, clip, idx, [clip.t[i] for i in idx]))
             if len(eps) < 2:
                 continue
             # Three real turns of this clip spliced in time (the clip's camera is fixed).
@@ -128,13 +132,7 @@ def cooperative_video(clips: list[Clip], cfg: ChallengeConfig, draws: int, rng) 
                 at += [tp + shift, tb + shift]
                 off = times[-1] + 1.0 / FPS
             ch = Scripted([e.side for e in picks], cfg, at)
-            out = play(ch, clip, idx, times)
-            if ch.unreal:
-                res[key][2] += 1
-                continue
-            res[key][0] += out == "passed"
-            res[key][1] += 1
-            fails[out.split(": ", 1)[-1]] += out != "passed"
+            _tally(res, fails, key, ch, play(ch, clip, idx, times))
     return {"counts": dict(res), "failures": dict(fails)}
 
 
