@@ -40,7 +40,7 @@ def add_door_args(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--challenge-steps",
         type=int,
-        default=int(env("KFAAR_CHALLENGE_STEPS", "3")),
+        default=env("KFAAR_CHALLENGE_STEPS", "3"),  # a string default goes through type
         help="prompts in one challenge (3; a replay ignoring them passes with a chance of "
         "about 0.16 per step) ($KFAAR_CHALLENGE_STEPS)",
     )

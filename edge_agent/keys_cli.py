@@ -69,9 +69,15 @@ def _secrets(args: argparse.Namespace, confirm: bool = False) -> dict:
         return {"device_secret": Path(secret_file).read_bytes()}
     phrase = os.environ.get(PASSPHRASE_ENV)
     if phrase is None:
-        phrase = getpass.getpass("keystore passphrase: ")
-        if confirm and getpass.getpass("again: ") != phrase:
-            raise ValueError("the passphrases differ")
+        try:
+            phrase = getpass.getpass("keystore passphrase: ")
+            if confirm and getpass.getpass("again: ") != phrase:
+                raise ValueError("the passphrases differ")
+        except EOFError:  # no terminal and nothing on stdin: say how to give the secret
+            raise ValueError(
+                f"no keystore passphrase: set ${PASSPHRASE_ENV}, give --device-secret "
+                f"(or ${DEVICE_SECRET_ENV}), or run from a terminal"
+            ) from None
     return {"passphrase": phrase.encode()}
 
 

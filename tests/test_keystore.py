@@ -112,3 +112,21 @@ def test_keys_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("KFAAR_KEYSTORE_PASSPHRASE", "wrong")
     assert main(["keys", "list"]) == 2
     assert "wrong passphrase" in capsys.readouterr().err
+
+
+def test_no_passphrase_and_no_terminal_is_a_clear_error(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAAR_")}
+    env["KFAAR_KEYSTORE"] = str(tmp_path / "ks.json")
+    run = subprocess.run(  # a new session has no controlling terminal for getpass to open
+        [sys.executable, "-c", "from edge_agent.cli import main; raise SystemExit(main())",
+         "keys", "list"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60,
+        start_new_session=True,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "no keystore passphrase: set $KFAAR_KEYSTORE_PASSPHRASE" in run.stderr
+    assert "Traceback" not in run.stderr
