@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve AuthService and AdminService (plus health and reflection). Every "
         "flag has an environment variable for deployments.",
     )
-    p.add_argument("--port", type=int, default=int(_env("KFAAR_PORT", "50051")), help="$KFAAR_PORT")
+    p.add_argument("--port", type=int, default=_env("KFAAR_PORT", "50051"), help="$KFAAR_PORT")
     p.add_argument("--host", default=_env("KFAAR_HOST", "127.0.0.1"), help="$KFAAR_HOST")
     add_store_args(p)
     p.add_argument(
@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env("KFAAR_METRICS_PORT", "0")) or None,
+        default=_env("KFAAR_METRICS_PORT", "0"),  # 0: off
         help="serve Prometheus metrics on this port ($KFAAR_METRICS_PORT; default off)",
     )
     p.add_argument(
@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ann-min-templates",
         type=int,
-        default=int(_env("KFAAR_ANN_MIN_TEMPLATES", "100000")),
+        default=_env("KFAAR_ANN_MIN_TEMPLATES", "100000"),
         help="1:N search uses an approximate shortlist with exact re-scoring from this many "
         "templates on, exact search below ($KFAAR_ANN_MIN_TEMPLATES; default 100000)",
     )
@@ -237,7 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         tls=tls,
         admin_token=token,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port or None,
         db_url=args.db_url,
         index=IndexConfig(
             ann_min_templates=args.ann_min_templates,

@@ -60,3 +60,22 @@ def test_unknown_flag_is_an_argparse_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--frobnicate"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("var", "argv"),
+    [
+        ("KFAAR_PORT", ["serve"]),
+        ("KFAAR_METRICS_PORT", ["serve"]),
+        ("KFAAR_ANN_MIN_TEMPLATES", ["serve"]),
+        ("KFAAR_CONSOLE_PORT", ["console", "run"]),
+        ("KFAAR_CONSOLE_SESSION_MIN", ["console", "run"]),
+        ("KFAAR_CHALLENGE_STEPS", ["edge", "run", "--claim", "x"]),
+    ],
+)
+def test_a_malformed_number_in_the_environment_is_a_usage_error(monkeypatch, capsys, var, argv):
+    monkeypatch.setenv(var, "lots")
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid" in err and "'lots'" in err

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--port",
         type=int,
-        default=int(env("KFAAR_CONSOLE_PORT", "8443")),
+        default=env("KFAAR_CONSOLE_PORT", "8443"),
         help="$KFAAR_CONSOLE_PORT (default 8443; 0: any free port, printed)",
     )
     run.add_argument("--insecure", action="store_true", help="plain HTTP, for loopback only")
@@ -82,14 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--silent-after",
         type=float,
-        default=float(env("KFAAR_CONSOLE_SILENT_AFTER_S", "3600")),
+        default=env("KFAAR_CONSOLE_SILENT_AFTER_S", "3600"),
         help="flag a door silent after this many seconds without a call "
         "($KFAAR_CONSOLE_SILENT_AFTER_S; default 3600)",
     )
     run.add_argument(
         "--session-minutes",
         type=float,
-        default=float(env("KFAAR_CONSOLE_SESSION_MIN", "15")),
+        default=env("KFAAR_CONSOLE_SESSION_MIN", "15"),
         help="idle minutes before a login expires ($KFAAR_CONSOLE_SESSION_MIN; default 15; "
         "8 hours at most in all)",
     )
