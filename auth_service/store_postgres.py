@@ -5,7 +5,8 @@ needed because 1:N search runs in the service's own index (auth_service/index.py
 number of service replicas share one database through a connection pool each; their
 indexes follow each other's writes through the change log (auth_service/changelog.py).
 While the database is unreachable, calls fail with ``StoreUnavailable`` (gRPC
-UNAVAILABLE) and the pool reconnects by itself once it is back.
+UNAVAILABLE) and the pool reconnects by itself once it is back. The schema and its
+migrations are in store_postgres_schema.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from auth_service import changelog, store_security
+from auth_service import changelog
 from auth_service.changelog import ChangeWaiter
 from auth_service.store import (
     EMBED_DIM,
@@ -32,70 +33,17 @@ from auth_service.store import (
     StoreError,
     StoreUnavailable,
 )
-from auth_service.store_guard import POSTGRES_MIGRATION
+from auth_service.store_postgres_schema import (  # noqa: F401  (callers read MIGRATIONS here)
+    MIGRATIONS,
+    migrate,
+)
 
 log = logging.getLogger(__name__)
 
-# Each entry upgrades the schema by one version; never edit a released entry.
-MIGRATIONS = (
-    """
-    CREATE TABLE templates (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        subject_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        space INTEGER NOT NULL,
-        vector BYTEA NOT NULL,
-        created DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX templates_gallery ON templates (model, space);
-    CREATE INDEX templates_subject ON templates (subject_id);
-    CREATE TABLE devices (
-        device_id TEXT PRIMARY KEY, verify_key BYTEA NOT NULL, created DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE app_tokens (
-        app_name TEXT PRIMARY KEY, token_hash BYTEA NOT NULL, created DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE replies (
-        idempotency_key TEXT PRIMARY KEY, method TEXT NOT NULL, reply BYTEA NOT NULL,
-        created DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE audit (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at DOUBLE PRECISION NOT NULL,
-        device_id TEXT,
-        method TEXT NOT NULL,
-        subject_id TEXT,
-        outcome TEXT NOT NULL
-    );
-    """,
-    # 2: cached replies bound to device, method and request hash (see store.py).
-    """
-    DROP TABLE replies;
-    CREATE TABLE replies (
-        device_id TEXT NOT NULL,
-        idempotency_key TEXT NOT NULL,
-        method TEXT NOT NULL,
-        request_hash BYTEA NOT NULL,
-        reply BYTEA NOT NULL,
-        created DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (device_id, idempotency_key)
-    );
-    CREATE INDEX replies_created ON replies (created);
-    """,
-    # 3: device and token scopes, spent nonces and guess budgets (see store_guard.py).
-    POSTGRES_MIGRATION,
-    # 4: the change log that replicas' indexes follow (see changelog.py).
-    changelog.POSTGRES_MIGRATION,
-    # 5: subject owners, token binding, template tags, the audit chain (store_security.py).
-    store_security.POSTGRES_MIGRATION,
-    # 6: per-subject generations bound into template tags (store_security.py).
-    store_security.POSTGRES_GENERATIONS,
-    # 7: devices bound to their client certificate (store_security.py).
-    store_security.POSTGRES_DEVICE_CERTS,
-)
 GALLERY_BATCH = 20_000  # rows per fetch when a replica loads its gallery
-# Budget rows are locked by key in this advisory-lock namespace ("kf"); the migration
-# lock uses the one-number form, which never conflicts with the two-number form.
+# Budget rows are locked by key in this advisory-lock namespace ("kf"); the migration lock
+# (store_postgres_schema.py) uses the one-number form, which never conflicts with the
+# two-number form.
 BUDGET_LOCK_CLASS = 0x6B66
 SUBJECT_LOCK_CLASS = 0x6B73  # one subject's enrolment ("ks"), held until it commits
 AUDIT_LOCK_CLASS = 0x6B61  # one writer's audit chain ("ka"), held until its row commits
@@ -140,7 +88,7 @@ class PostgresStore(SqlStore):
         c = self.pool_config
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=c.connect_timeout_s) as conn:
-                _migrate(_Connection(conn))
+                migrate(_Connection(conn))
         except psycopg.Error as exc:  # unreachable, refused, or a URL libpq cannot parse
             # Callers redact the message: libpq repeats a malformed URL, password and all.
             raise StoreError(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
@@ -264,26 +212,6 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         """Close every pooled connection."""
         self.pool.close()
-
-
-def _migrate(db: _Connection) -> None:
-    """Bring the schema up to date; one service migrates at a time, even if several start."""
-    with db.conn.transaction():
-        db.execute("SELECT pg_advisory_xact_lock(?)", (0x6B666161,))
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
-        row = db.execute("SELECT version FROM schema_version").fetchone()
-        version = row[0] if row else 0
-        if version > len(MIGRATIONS):  # an older replica during a rolling upgrade
-            raise StoreError(
-                f"the database has schema version {version}, newer than this kfaar's "
-                f"{len(MIGRATIONS)}: run the newer kfaar"
-            )
-        if version == len(MIGRATIONS):
-            return
-        for script in MIGRATIONS[version:]:
-            db.conn.execute(script)
-        db.execute("DELETE FROM schema_version")
-        db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
 
 
 class _Listener(ChangeWaiter):
