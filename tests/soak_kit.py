@@ -24,6 +24,7 @@ import psycopg
 from fault_kit import Server, _free_port, diff_templates, next_write, register
 from pg_kit import PostgresServer
 
+from auth_service import service_key
 from auth_service.servicer import Policy
 from edge_agent.client import AuthClient, ClientConfig
 from edge_agent.hpvfg import Bundle
@@ -97,7 +98,11 @@ def run(
     pg = PostgresServer()
     pg.start()
     url = f"{pg.url}/postgres"
-    args = ("--db-url", url, "--guess-budgets", ROOMY, "--sync-poll", "0.5")
+    key = workdir / "service.key"  # replicas on PostgreSQL refuse to serve unsigned
+    if not key.exists():
+        service_key.create(key)
+    args = ("--db-url", url, "--service-key-file", str(key), "--guess-budgets", ROOMY,
+            "--sync-poll", "0.5")  # fmt: skip
     servers = [
         Server(workdir, _free_port(), args=args, name=f"replica-{i}") for i in range(replicas)
     ]
