@@ -36,7 +36,8 @@ MAX_TOP_K = 10
 # (and widen what an impostor can match); Rekey replaces them instead.
 MAX_TEMPLATES_PER_SUBJECT = 32
 # The owner recorded for subjects the admin token enrolled: no app name can equal it.
-ADMIN_OWNER = "\x00admin"
+# Not printable, so no app can be named so; PostgreSQL text refuses NUL, so not "\x00admin".
+ADMIN_OWNER = "\x1fadmin"
 
 
 class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthServiceServicer):

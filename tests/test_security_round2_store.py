@@ -603,3 +603,21 @@ def test_schema_5_tags_are_re_tagged_by_db_migrate_and_serve_says_so(
         assert door.identify(unit(2)) == []  # a forged schema-5 tag stays refused
     finally:
         site.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_admin_enrolls_on_either_store_and_keeps_the_subject_from_apps(
+    tmp_path: Path, request, backend: str
+) -> None:
+    from authz_kit import ADMIN
+
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    site = Site(tmp_path / "kfaar.db", db_url=url)
+    try:
+        admin_cam = site.client("cam-admin", token=ADMIN)
+        assert admin_cam.enroll("vip", unit(7)).templates_stored == 1  # PostgreSQL: was UNKNOWN
+        assert admin_cam.verify("vip", unit(7))
+        app_cam = site.client("cam-app")
+        assert code(lambda: app_cam.enroll("vip", unit(8))) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        site.stop()
