@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from auth_service.console.auth import Directory, LoginLimiter, Operator, Session, Sessions
+from auth_service.console.sql import StoreUnreadable
 from auth_service.ratelimit import GuessBudgets
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ def page(console: Console):
             session = session_of(console, request)
             if session is None:
                 return RedirectResponse("/login", 303)
-            return await fn(request, session)
+            try:
+                return await fn(request, session)
+            except StoreUnreadable as exc:  # PostgreSQL down: say so (no password in it)
+                return render(request, "error.html", session, 503, why=str(exc))
 
         return handler
 

@@ -1,19 +1,21 @@
 """Whether the audit log's hash chains verify: ``kfaar audit verify``, run in the background.
 
 Uses ``auth_service.audit_verify`` where this kfaar has it (else the state is ``no chain``),
-over a read-only connection. Verifying hashes every row, so it runs in a thread at most
-every ``RECHECK_S`` seconds and pages show the latest result.
+over a read-only connection to the SQLite file or PostgreSQL (console/sql.py). Verifying
+hashes every row, so it runs in a thread at most every ``RECHECK_S`` seconds and pages show
+the latest result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from auth_service.console.sql import Source, SqliteSource, StoreUnreadable
 
 log = logging.getLogger(__name__)
 RECHECK_S = 60.0
@@ -27,10 +29,11 @@ class ChainStatus:
 
 
 class Chain:
-    """The chain state of one SQLite store, checked against the service key if known."""
+    """The chain state of one store, checked against the service key if known."""
 
-    def __init__(self, db: Path, key_file: Path | None = None) -> None:
-        self.db, self.key_file = Path(db), key_file
+    def __init__(self, db: Path | Source, key_file: Path | None = None) -> None:
+        self.source: Source = SqliteSource(db) if isinstance(db, (str, Path)) else db
+        self.key_file = key_file
         self._status = ChainStatus("checking", "the first check is running")
         self._at = float("-inf")
         self._running = False
@@ -64,7 +67,11 @@ class Chain:
         except ImportError:
             return set()
         path = self.key_file or os.environ.get(service_key.KEY_ENV)
-        path = Path(path) if path else service_key.default_path(self.db)
+        if not path and isinstance(self.source, SqliteSource):  # DB.key next to the file
+            path = service_key.default_path(self.source.path)
+        if not path:  # PostgreSQL: only a key file given names the trusted key
+            return set()
+        path = Path(path)
         try:
             return {service_key.load(path).verify_key} if path.exists() else set()
         except Exception as exc:  # an unreadable key: say so, check the chains anyway
@@ -78,8 +85,7 @@ class Chain:
         except ImportError:
             return ChainStatus("no chain", "this kfaar keeps no hash chain", time.time())
         try:
-            db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-            try:
+            with self.source.connect() as db:
                 rows = db.execute(
                     f"SELECT id, {AUDIT_COLUMNS}, prev_hash, row_hash FROM audit ORDER BY id"
                 ).fetchall()
@@ -87,10 +93,10 @@ class Chain:
                     "SELECT writer, seq, row_hash, at, signature, verify_key "
                     "FROM audit_checkpoints ORDER BY id"
                 ).fetchall()
-            finally:
-                db.close()
-        except sqlite3.OperationalError as exc:  # a store from before the chain
+        except self.source.schema_errors as exc:  # a store from before the chain
             return ChainStatus("no chain", f"the store has no chain columns ({exc})", time.time())
+        except StoreUnreadable as exc:  # PostgreSQL down: say so, try again next time
+            return ChainStatus("error", str(exc), time.time())
         trusted = self._trusted()
         report = verify_rows(rows, points, trusted)
         detail = (

@@ -54,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the service's SQLite store, read (never written) for listings ($KFAAR_DB)",
     )
     run.add_argument(
+        "--db-url",
+        default=env("KFAAR_DB_URL"),
+        help="PostgreSQL instead of --db: postgresql://USER@HOST:PORT/DB, read through "
+        "read-only transactions; password from $PGPASSWORD or ~/.pgpass rather than in "
+        "the URL; best a role with SELECT only ($KFAAR_DB_URL)",
+    )
+    run.add_argument(
         "--operators",
         type=Path,
         default=env("KFAAR_CONSOLE_OPERATORS"),
@@ -72,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="the service key whose signed checkpoints the audit chain must carry "
-        "(default: $KFAAR_SERVICE_KEY_FILE, else DB.key next to --db)",
+        "(default: $KFAAR_SERVICE_KEY_FILE, else DB.key next to --db; with --db-url "
+        "only a key given here or there is trusted)",
     )
     run.add_argument(
         "--guess-budgets",
@@ -140,6 +148,7 @@ def build_console(args: argparse.Namespace):
     from auth_service.console.chain import Chain
     from auth_service.console.data import Reader
     from auth_service.console.live import Scraper
+    from auth_service.console.sql import open_source
     from auth_service.ratelimit import GuessBudgets
 
     if args.admin_token_file is None or not Path(args.admin_token_file).is_file():
@@ -155,12 +164,15 @@ def build_console(args: argparse.Namespace):
     if not 0 < args.session_minutes <= 480:
         raise ValueError("--session-minutes must be more than 0 and at most 480")
     token = Path(args.admin_token_file).read_text().strip()
+    # One read-only source for the listings and the chain check; a bad --db-url, or a
+    # database that cannot be reached, is a ValueError here (exit 2), password redacted.
+    source = open_source(args.db, getattr(args, "db_url", None))
     return Console(
         directory=Directory(token, args.operators),
-        reader=Reader(args.db),
+        reader=Reader(source),
         admin=Admin(args, token),
         scraper=Scraper(args.metrics),
-        chain=Chain(args.db, getattr(args, "service_key_file", None)),
+        chain=Chain(source, getattr(args, "service_key_file", None)),
         budgets=GuessBudgets.parse(args.guess_budgets),
         tls=not args.insecure,
         silent_after_s=args.silent_after,

@@ -1,31 +1,27 @@
-"""Read-only queries over the store for the console's listings (SQLite, opened ``mode=ro``).
+"""Read-only queries over the store for the console's listings (SQLite or PostgreSQL).
 
 AdminService has no listing RPCs, so the console reads these tables directly; every write
 goes through AdminService (auth_service/console/backend.py). Pages are keyset-paginated:
-each query reads one page (``LIMIT``), never a whole table.
+each query reads one page (``LIMIT``), never a whole table. The SQL is written once;
+sql.py gives it a read-only connection and the spellings that differ per database.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from auth_service.authz import DEFAULT_SCOPE
+from auth_service.console.sql import Source, SqliteSource
 from auth_service.ratelimit import GuessBudgets
 
 PAGE = 50
 SEP = "\x1f"  # joins scope and subject id in the store (auth_service/authz.py)
 DECISION_METHODS = ("Verify", "Identify")
-# The scope of a stored subject key, in SQL.
-SCOPE_SQL = (
-    "CASE WHEN instr(subject_id, char(31)) > 0 "
-    "THEN substr(subject_id, 1, instr(subject_id, char(31)) - 1) ELSE 'default' END"
-)
 
 
 @dataclass(frozen=True)
@@ -62,25 +58,28 @@ def stored_subject(shown: str) -> str:
 
 
 class Reader:
-    """Queries for one store file; a fresh read-only connection per call (thread-safe)."""
+    """Queries for one store; a read-only connection per call (thread-safe)."""
 
-    def __init__(self, db: Path) -> None:
-        self.path = Path(db)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"--db: no store at {db}")
+    def __init__(self, db: Path | Source) -> None:
+        self.source: Source = SqliteSource(db) if isinstance(db, (str, Path)) else db
         # When each door was last seen, kept up to date by reading only the audit rows
         # added since the last look (the audit log is append-only): no full scan per page.
         self._seen: dict[str, float] = {}
         self._seen_upto = 0
         self._seen_lock = threading.Lock()
+        self._has_shared = False  # app_tokens.shared exists (checked until it does)
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> contextlib.AbstractContextManager[Any]:
+        return self.source.connect()
+
+    def close(self) -> None:
+        """Close the source's connections (a PostgreSQL pool)."""
+        self.source.close()
+
+    def _scope_sql(self) -> str:
+        """Return SQL for the scope of a stored subject key."""
+        at = self.source.instr("subject_id")
+        return f"CASE WHEN {at} > 0 THEN substr(subject_id, 1, {at} - 1) ELSE 'default' END"
 
     def scopes(self) -> list[tuple[str, int, int]]:
         """Return (scope, devices, tokens) for every scope with a device or token."""
@@ -91,7 +90,7 @@ class Reader:
 
     def devices(self, scope: str | None) -> list[dict]:
         """Return the registered devices (of one scope), with when each was last seen."""
-        sql = "SELECT device_id, scope, created, hex(verify_key) FROM devices"
+        sql = "SELECT device_id, scope, created, verify_key FROM devices"
         args: tuple = ()
         if scope is not None:
             sql, args = sql + " WHERE scope = ?", (scope,)
@@ -99,11 +98,11 @@ class Reader:
             rows = db.execute(sql + " ORDER BY scope, device_id LIMIT 1000", args).fetchall()
             seen = self._last_seen(db, [r[0] for r in rows])
         return [
-            {"id": d, "scope": s, "created": c, "key": k[:16].lower(), "seen": seen.get(d)}
+            {"id": d, "scope": s, "created": c, "key": bytes(k).hex()[:16], "seen": seen.get(d)}
             for d, s, c, k in rows
         ]
 
-    def _last_seen(self, db: sqlite3.Connection, ids: list[str]) -> dict[str, float]:
+    def _last_seen(self, db: Any, ids: list[str]) -> dict[str, float]:
         with self._seen_lock:
             top = db.execute("SELECT MAX(id) FROM audit").fetchone()[0] or 0
             if top > self._seen_upto:
@@ -129,8 +128,11 @@ class Reader:
     def tokens(self, scope: str | None) -> list[dict]:
         """Return the app tokens' grants (never their hashes)."""
         with self._db() as db:
-            cols = {r[1] for r in db.execute("PRAGMA table_info(app_tokens)")}
-            shared = "shared" if "shared" in cols else "0"  # stores from before shared tokens
+            # Stores from before shared tokens lack the column; once seen, it stays (a
+            # catalogue query per page costs PostgreSQL a few ms).
+            if not self._has_shared:
+                self._has_shared = "shared" in self.source.columns(db, "app_tokens")
+            shared = "shared" if self._has_shared else "0"
             sql = f"SELECT app_name, scope, devices, methods, created, {shared} FROM app_tokens"
             args: tuple = ()
             if scope is not None:
@@ -160,31 +162,36 @@ class Reader:
 
     def subjects(self, scope: str | None, after: str = "", prefix: str = "") -> list[dict]:
         """Return one page of subjects: template count, models, enrolled, last matched."""
-        where, args = ["subject_id > ?"], [after]
+        key = f"subject_id{self.source.binary}"  # byte order: a scope's keys sort together
+        where, args = [f"{key} > ?"], [after]
         if scope == DEFAULT_SCOPE:
-            where.append("instr(subject_id, char(31)) = 0")
+            where.append(f"{self.source.instr('subject_id')} = 0")
         elif scope is not None:  # the scope's keys sort together: an index range
-            where += ["subject_id >= ?", "subject_id < ?"]
+            where += [f"{key} >= ?", f"{key} < ?"]
             args += [f"{scope}{SEP}", f"{scope}\x20"]
         if prefix:
             low = prefix if scope in (None, DEFAULT_SCOPE) else f"{scope}{SEP}{prefix}"
-            where += ["subject_id >= ?", "subject_id < ?"]
+            where += [f"{key} >= ?", f"{key} < ?"]
             args += [low, low + "\U0010ffff"]
         sql = (
-            "SELECT subject_id, COUNT(*), GROUP_CONCAT(DISTINCT model), MIN(created) "
+            f"SELECT subject_id, COUNT(*), {self.source.distinct_list('model')}, MIN(created) "
             f"FROM templates WHERE {' AND '.join(where)} GROUP BY subject_id "
-            "ORDER BY subject_id LIMIT ?"
+            f"ORDER BY {key} LIMIT ?"
         )
         with self._db() as db:
             rows = db.execute(sql, (*args, PAGE + 1)).fetchall()
             shown = [k.replace(SEP, "/") for k, *_ in rows]
             marks = ", ".join("?" * len(shown))
-            matched = dict(
-                db.execute(
-                    "SELECT subject_id, MAX(at) FROM audit WHERE method = 'Verify' AND "
-                    f"outcome = 'accept' AND subject_id IN ({marks}) GROUP BY subject_id",
-                    shown,
+            matched = (  # no query for an empty page: PostgreSQL refuses ``IN ()``
+                dict(
+                    db.execute(
+                        "SELECT subject_id, MAX(at) FROM audit WHERE method = 'Verify' AND "
+                        f"outcome = 'accept' AND subject_id IN ({marks}) GROUP BY subject_id",
+                        shown,
+                    )
                 )
+                if shown
+                else {}
             )
         out = []
         for (key, n, models, enrolled), s in zip(rows, shown, strict=True):
@@ -209,15 +216,18 @@ class Reader:
             return {
                 "devices": one("SELECT COUNT(*) FROM devices"),
                 "tokens": one("SELECT COUNT(*) FROM app_tokens"),
-                "subjects": one("SELECT COUNT(*) FROM (SELECT DISTINCT subject_id FROM templates)"),
+                "subjects": one(
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT subject_id FROM templates) AS s"
+                ),
                 "audit": one("SELECT MAX(id) FROM audit") or 0,
             }
 
     def models(self, scope: str | None) -> list[tuple[str, str, int, int, int]]:
         """Return (scope, model, space, subjects, templates) per site and model version."""
         sql = (
-            f"SELECT {SCOPE_SQL} AS site, model, space, COUNT(DISTINCT subject_id), COUNT(*) "
-            "FROM templates GROUP BY site, model, space ORDER BY site, model, space"
+            f"SELECT {self._scope_sql()} AS site, model, space, "
+            "COUNT(DISTINCT subject_id), COUNT(*) FROM templates "
+            "GROUP BY site, model, space ORDER BY site, model, space"
         )
         with self._db() as db:
             rows = db.execute(sql).fetchall()
