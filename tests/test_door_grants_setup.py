@@ -22,6 +22,7 @@ from door_kit import (
     decide,
     edge_client,
     grant_key,
+    vg,
 )
 
 from auth_service.access_grant import check_ttl, key_id
@@ -208,3 +209,26 @@ def test_kfaar_edge_run_passes_the_grant_to_its_webhook_and_hook(
         journal.close()
     finally:
         running.stop(0)
+
+
+def test_every_replica_signs_grants_one_key_verifies(postgres_url: str, tmp_path: Path) -> None:
+    first = Site(tmp_path / "db", db_url=postgres_url)  # both read tmp/pg-service.key
+    second = Site(tmp_path / "db", db_url=postgres_url)
+    try:
+        assert grant_key(first) == grant_key(second)
+        cam = first.client("cam-1")
+        cam.enroll("alice", unit(1))
+        same_cam = Client(second.running.port, cam.token, cam.device, cam.key)
+        seen: dict[str, int] = {}
+        for client in (cam, same_cam):
+            reply = client.call(
+                "Verify", auth_pb2.VerifyRequest(subject_id="alice", probe=emb(unit(1)))
+            )
+            grant = base64.b64encode(reply.access_grant).decode()
+            assert (
+                vg.verify_grant(grant, grant_key(first), "cam-1", seen=seen)["subject"] == "alice"
+            )
+        assert len(seen) == 2
+    finally:
+        first.stop()
+        second.stop()
