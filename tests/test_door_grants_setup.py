@@ -232,3 +232,15 @@ def test_every_replica_signs_grants_one_key_verifies(postgres_url: str, tmp_path
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_bad_grant_ttl_is_a_usage_error(monkeypatch, capsys) -> None:
+    from edge_agent.cli import main
+
+    assert main(["serve", "--insecure", "--grant-ttl", "0"]) == 2
+    assert "--grant-ttl must be more than 0 and at most 300 seconds" in capsys.readouterr().err
+    assert main(["serve", "--insecure", "--grant-ttl", "301"]) == 2
+    monkeypatch.setenv("KFAAR_GRANT_TTL_S", "ten")
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--insecure"])
+    assert exc.value.code == 2 and "--grant-ttl" in capsys.readouterr().err
