@@ -116,6 +116,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
 
     def _verify(self, req: auth_pb2.VerifyRequest) -> auth_pb2.VerifyReply:
         caller = self._caller(req)
+        attempt = attempt_id(req)  # checked before deciding: a streamed probe's key too
         subject = check_subject(req.subject_id)
         key = subject_key(caller.scope, subject)
         probe = self.policy.check(req.probe)
@@ -154,13 +155,12 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         if CALLER_ROLE.get() == "admin":
             reply.score = score
         if match:
-            reply.access_grant = self.grants.issue(
-                attempt_id(req), caller.device, caller.scope, subject
-            )
+            reply.access_grant = self.grants.issue(attempt, caller.device, caller.scope, subject)
         return reply
 
     def _identify(self, req: auth_pb2.IdentifyRequest) -> auth_pb2.IdentifyReply:
         caller = self._caller(req)
+        attempt = attempt_id(req)
         probe = self.policy.check(req.probe)
         self.policy.allowed(req.probe.space, caller.scope)
         audit = partial(self.store.audit, caller.device, "Identify", None)
@@ -184,9 +184,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
             self.metrics.guess_failures.labels("Identify").inc()
         if reply.candidates:  # the grant names the best match, the one a door lets in
             best = reply.candidates[0].subject_id
-            reply.access_grant = self.grants.issue(
-                attempt_id(req), caller.device, caller.scope, best
-            )
+            reply.access_grant = self.grants.issue(attempt, caller.device, caller.scope, best)
         outcome = f"{len(reply.candidates)} candidates"
         self.store.audit(caller.device, "Identify", None, outcome)
         return reply
