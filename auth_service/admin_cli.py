@@ -158,6 +158,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rev = actions.add_parser("revoke-token", help="revoke an app's token")
     rev.add_argument("app_name")
+    gk = actions.add_parser(
+        "grant-key",
+        help="print the public key door controllers verify access grants with",
+        description="Derive the access-grant verify key from the service key file (no call "
+        "to the service, no admin token) and print it, hex by default, for door controllers "
+        "(deploy/door_controller/). Every replica sharing the service key signs grants this "
+        "one key verifies. The key id grants name goes to standard error.",
+    )
+    gk.add_argument(
+        "--service-key-file",
+        type=Path,
+        default=env("KFAAR_SERVICE_KEY_FILE"),
+        help="the service key ($KFAAR_SERVICE_KEY_FILE; a SQLite store's is DB.key next to it)",
+    )
+    gk.add_argument("--base64", action="store_true", help="print base64 instead of hex")
     p.set_defaults(handler=_admin)
 
 
@@ -173,9 +188,32 @@ def cert_fingerprint(path: Path) -> bytes:
     return hashlib.sha256(der).digest()
 
 
+def _grant_key(args: argparse.Namespace) -> int:
+    """Print the access-grant verify key derived from the service key file."""
+    import base64
+
+    from auth_service import service_key
+    from auth_service.access_grant import key_id
+
+    if args.service_key_file is None:
+        raise ValueError(
+            "--service-key-file (or $KFAAR_SERVICE_KEY_FILE): the service key, e.g. the "
+            "DB.key next to a SQLite store"
+        )
+    try:
+        vk = service_key.load(Path(args.service_key_file)).grant_verify_key
+    except service_key.ServiceKeyError as exc:
+        raise ValueError(str(exc)) from None
+    sys.stdout.write((base64.b64encode(vk).decode() if args.base64 else vk.hex()) + "\n")
+    sys.stderr.write(f"grant key id {key_id(vk)}\n")
+    return 0
+
+
 def _admin(args: argparse.Namespace) -> int:
     from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
+    if args.action == "grant-key":  # read from the key file: no token, no connection
+        return _grant_key(args)
     if args.admin_token_file is None or not Path(args.admin_token_file).is_file():
         raise FileNotFoundError("--admin-token-file (or $KFAAR_ADMIN_TOKEN_FILE) must name a file")
     meta = (("authorization", f"Bearer {Path(args.admin_token_file).read_text().strip()}"),)

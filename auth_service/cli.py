@@ -171,6 +171,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the longest outage an edge outbox must bridge ($KFAAR_IDEMPOTENCY_TTL_S; default "
         "86400)",
     )
+    p.add_argument(
+        "--grant-ttl",
+        type=float,
+        default=_env("KFAAR_GRANT_TTL_S", "10"),  # a string default goes through type
+        metavar="SECONDS",
+        help="how long an access grant, signed on each accepted Verify or matched Identify, "
+        "lets a door controller open ($KFAAR_GRANT_TTL_S; default 10, at most 300)",
+    )
     p.set_defaults(handler=_serve)
 
     h = sub.add_parser(
@@ -216,6 +224,9 @@ def _serve(args: argparse.Namespace) -> int:
     secrets = check_db_url(args.db_url) if args.db_url else ()
     if not args.integrity_check > 0:
         raise ValueError("--integrity-check must be a positive number of seconds")
+    from auth_service.access_grant import check_ttl
+
+    check_ttl(args.grant_ttl)  # out of range: a clear ValueError, exit 2
     if not args.sync_poll > 0:
         raise ValueError("--sync-poll must be a positive number of seconds")
     if args.insecure == bool(args.tls_cert):
@@ -254,6 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
         service_key_file=args.service_key_file,
         integrity_check_s=args.integrity_check,
         allow_unsigned_store=args.allow_unsigned_store,
+        grant_ttl_s=args.grant_ttl,
     )
     from auth_service.service_key import ServiceKeyError
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_service import service_key
+from auth_service.access_grant import DEFAULT_TTL_S as GRANT_TTL_S
 from auth_service.health import ReasonedHealth, Watchdog
 from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
@@ -91,6 +92,8 @@ class ServerConfig:
     # PostgreSQL without a service key serves untagged templates and unsigned checkpoints:
     # refused unless the operator says so (`--allow-unsigned-store`), loudly and in health.
     allow_unsigned_store: bool = False
+    # Seconds an access grant (auth_service/access_grant.py) lets a door controller open.
+    grant_ttl_s: float = GRANT_TTL_S
 
 
 @dataclass
@@ -208,6 +211,7 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         idempotency_ttl_s=cfg.idempotency_ttl_s,
         liveness=cfg.liveness,
         refusals=refusals,
+        grant_ttl_s=cfg.grant_ttl_s,
     )
     # Changes committed after this point reach the indexes through the follower; the ones
     # the loads below already saw are applied again, which is harmless.

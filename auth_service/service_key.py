@@ -1,10 +1,12 @@
 """The service's own secret: signs audit checkpoints and tags templates, kept out of the DB.
 
 One 32-byte seed from PyNaCl's CSPRNG, in a file readable by the service only (0600):
-``<db>.key`` next to a SQLite store by default, or ``$KFAAR_SERVICE_KEY_FILE``. Two keys
-are derived from it: an Ed25519 signing key for audit checkpoints and an HMAC-SHA256 key
-for template integrity tags. Someone who can write the database but not read this file
-can neither forge a checkpoint nor make a template the service accepts.
+``<db>.key`` next to a SQLite store by default, or ``$KFAAR_SERVICE_KEY_FILE``. Keys are
+derived from it, each under its own BLAKE2b personalisation: an Ed25519 signing key for
+audit checkpoints, another for door access grants (auth_service/access_grant.py), and
+HMAC-SHA256 keys for template and generation integrity tags. Someone who can write the
+database but not read this file can neither forge a checkpoint nor make a template the
+service accepts, nor sign a grant a door controller opens for.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class ServiceKey:
     @property
     def verify_key(self) -> bytes:
         return self.signing.verify_key.encode()
+
+    @property
+    def grant_signing(self) -> nacl.signing.SigningKey:
+        """Return the key that signs door access grants."""
+        # Its own personalisation: a grant can never pass as an audit checkpoint signature.
+        return nacl.signing.SigningKey(_derive(self.seed, b"kfaar-grant-sig"))
+
+    @property
+    def grant_verify_key(self) -> bytes:
+        return self.grant_signing.verify_key.encode()
 
     def tag(
         self, subject: str, model: str, space: int, vector: bytes, generation: int | None = None

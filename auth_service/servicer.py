@@ -8,9 +8,11 @@ from functools import partial
 import grpc
 from google.protobuf.message import Message
 
+from auth_service.access_grant import DEFAULT_TTL_S as GRANT_TTL_S
+from auth_service.access_grant import GrantSigner
 from auth_service.admin import AdminServicer  # noqa: F401  (server.py imports it from here)
 from auth_service.authz import key_subject, subject_key
-from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache
+from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache, check_key
 from auth_service.index import IndexConfig
 from auth_service.interceptor import CALLER_ROLE, DeviceVerifier
 from auth_service.liveness_policy import LivenessPolicy
@@ -40,6 +42,13 @@ MAX_TEMPLATES_PER_SUBJECT = 32
 ADMIN_OWNER = "\x1fadmin"
 
 
+def attempt_id(req: Message) -> str:
+    """Name the attempt a decision answers: its idempotency key, else its proof's nonce."""
+    if req.idempotency_key:
+        return check_key(req.idempotency_key)
+    return "nonce:" + req.proof.nonce.hex()
+
+
 class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthServiceServicer):
     """Decide Enroll, Verify, Identify, Revoke and Rekey, unary or streamed."""
 
@@ -54,12 +63,14 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         idempotency_ttl_s: float = DEFAULT_TTL_S,
         liveness: LivenessPolicy | None = None,
         refusals: RefusalAudit | None = None,
+        grant_ttl_s: float = GRANT_TTL_S,
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
         self.refusals = refusals or RefusalAudit(store)
         self.liveness = liveness or LivenessPolicy.from_env()
         self.replies = ReplyCache(store, idempotency_ttl_s)
         self.guesses = guesses
+        self.grants = GrantSigner(store, grant_ttl_s)  # signed opens for door controllers
         self._init_indexes(index_config)
         metrics.watch_indexes(lambda: list(self._indexes.values()))
 
@@ -105,6 +116,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
 
     def _verify(self, req: auth_pb2.VerifyRequest) -> auth_pb2.VerifyReply:
         caller = self._caller(req)
+        attempt = attempt_id(req)  # checked before deciding: a streamed probe's key too
         subject = check_subject(req.subject_id)
         key = subject_key(caller.scope, subject)
         probe = self.policy.check(req.probe)
@@ -142,10 +154,13 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         )
         if CALLER_ROLE.get() == "admin":
             reply.score = score
+        if match:
+            reply.access_grant = self.grants.issue(attempt, caller.device, caller.scope, subject)
         return reply
 
     def _identify(self, req: auth_pb2.IdentifyRequest) -> auth_pb2.IdentifyReply:
         caller = self._caller(req)
+        attempt = attempt_id(req)
         probe = self.policy.check(req.probe)
         self.policy.allowed(req.probe.space, caller.scope)
         audit = partial(self.store.audit, caller.device, "Identify", None)
@@ -167,6 +182,9 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         self.guesses.settle(ticket, bool(reply.candidates))
         if not reply.candidates:
             self.metrics.guess_failures.labels("Identify").inc()
+        if reply.candidates:  # the grant names the best match, the one a door lets in
+            best = reply.candidates[0].subject_id
+            reply.access_grant = self.grants.issue(attempt, caller.device, caller.scope, best)
         outcome = f"{len(reply.candidates)} candidates"
         self.store.audit(caller.device, "Identify", None, outcome)
         return reply

@@ -8,6 +8,10 @@ Two kinds of action, both optional, both logged:
   ``"<timestamp>.<body>"`` (headers ``X-Kfaar-Timestamp`` and ``X-Kfaar-Signature``), with
   the attempt id as ``Idempotency-Key`` so a controller can drop a repeat.
 
+An accepted decision carries the service's signed access grant (member ``grant``,
+base64), passed on unchanged: the HMAC says which camera sent the webhook, the grant that
+the service decided; a controller should open only on a valid grant (deploy/door_controller/).
+
 A small SQLite journal records each (attempt, action) before it fires, so a decision
 never fires twice, also across restarts of the edge: a webhook that had not been
 delivered is resumed at start-up with the same idempotency key, unless it is older than

@@ -219,13 +219,15 @@ def _run(args: argparse.Namespace) -> int:
         probe = pipeline.message(template, views)
         if args.claim:
             req = auth_pb2.VerifyRequest(subject_id=args.claim, probe=probe, liveness=liveness)
-            reply = client.call("Verify", req)
+            reply = client.call("Verify", req)  # sets the request's idempotency key
             text = "ACCEPT" if reply.match else "reject"
-            return Decision(reply.match, text, reply.operating_point)
+            return Decision(reply.match, text, reply.operating_point, req.idempotency_key,
+                            reply.access_grant)  # fmt: skip
         req = auth_pb2.IdentifyRequest(probe=probe, top_k=1, liveness=liveness)
         found = client.call("Identify", req)
         who = found.candidates[0].subject_id if found.candidates else "unknown"
-        return Decision(bool(found.candidates), who, found.operating_point)
+        return Decision(bool(found.candidates), who, found.operating_point,
+                        req.idempotency_key, found.access_grant)  # fmt: skip
 
     gate, door = door_setup(args)
     timeout = args.attempt_timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import time
@@ -26,6 +27,8 @@ class Decision:
     accepted: bool
     text: str  # what to print: "ACCEPT", "reject", a subject id, "unknown"
     operating_point: str = ""
+    attempt_id: str = ""  # the request's idempotency key, which the grant names
+    grant: bytes = b""  # the service's signed access grant, passed on to the door as is
 
 
 @dataclass
@@ -75,17 +78,20 @@ def run_attempts(
     ``decide`` gets the fused template, how many views it fuses and the attempt's
     liveness evidence (None unless ``tracker`` checks liveness). An attempt that fails
     liveness is rejected here and sends nothing. ``door`` fires once per decision, with
-    ``context`` (claim or site, device) in its JSON.
+    ``context`` (claim or site, device) in its JSON, and the service's access grant
+    (base64, member "grant") when the service accepted and signed one.
     """
     tracker = tracker or AttemptTracker()
     tally = RunTally()
 
-    def act(att: Attempt, accepted: bool, text: str, reason: str, evidence=None) -> None:
+    def act(att: Attempt, accepted: bool, text: str, reason: str, evidence=None,
+            decided: Decision | None = None) -> None:  # fmt: skip
         if door is None:
             return
         decision = {
             **(context or {}),
-            "attempt_id": secrets.token_hex(16),
+            # The request's idempotency key where there was a request: the grant names it.
+            "attempt_id": (decided and decided.attempt_id) or secrets.token_hex(16),
             "accepted": accepted,
             "decision": text,
             "reason": reason,
@@ -96,6 +102,8 @@ def run_attempts(
             decision["liveness"] = {"method": evidence.method, "passed": evidence.passed,
                                     "score": round(evidence.score, 4),
                                     "challenge": evidence.challenge}  # fmt: skip
+        if decided is not None and decided.grant:
+            decision["grant"] = base64.b64encode(decided.grant).decode()
         door.fire(decision)
 
     def report(closed: list[Attempt]) -> None:
@@ -119,7 +127,7 @@ def run_attempts(
             tally.rejected += not d.accepted
             tally.operating_point = d.operating_point or tally.operating_point
             write(f"{describe(att)}\t{d.text}\n")
-            act(att, d.accepted, d.text, d.operating_point, evidence)
+            act(att, d.accepted, d.text, d.operating_point, evidence, d)
 
     for i, (label, frame) in enumerate(frames(source)):
         if max_frames is not None and i >= max_frames:

@@ -48,6 +48,10 @@ ALLOWED_BYTES = {
     "kfaar.v1.DeviceProof.signature",
     "kfaar.v1.RegisterDeviceRequest.verify_key",
     "kfaar.v1.RegisterDeviceRequest.cert_sha256",  # a 32-byte digest of a public certificate
+    # The service's own signed statement, made by the service from ids the device sent or
+    # already knows (auth_service/access_grant.py); replies only, never read from a device.
+    "kfaar.v1.VerifyReply.access_grant",
+    "kfaar.v1.IdentifyReply.access_grant",
 }
 
 

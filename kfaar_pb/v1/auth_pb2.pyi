@@ -84,16 +84,18 @@ class OperatingPoint(_message.Message):
     def __init__(self, model: _Optional[str] = ..., space: _Optional[_Union[_common_pb2.EmbeddingSpace, str]] = ..., far: _Optional[float] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
-    __slots__ = ("match", "score", "operating_point", "decided_at")
+    __slots__ = ("match", "score", "operating_point", "decided_at", "access_grant")
     MATCH_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_GRANT_FIELD_NUMBER: _ClassVar[int]
     match: bool
     score: float
     operating_point: str
     decided_at: OperatingPoint
-    def __init__(self, match: _Optional[bool] = ..., score: _Optional[float] = ..., operating_point: _Optional[str] = ..., decided_at: _Optional[_Union[OperatingPoint, _Mapping]] = ...) -> None: ...
+    access_grant: bytes
+    def __init__(self, match: _Optional[bool] = ..., score: _Optional[float] = ..., operating_point: _Optional[str] = ..., decided_at: _Optional[_Union[OperatingPoint, _Mapping]] = ..., access_grant: _Optional[bytes] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
     __slots__ = ("proof", "probe", "top_k", "idempotency_key", "liveness")
@@ -118,14 +120,16 @@ class Candidate(_message.Message):
     def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class IdentifyReply(_message.Message):
-    __slots__ = ("candidates", "operating_point", "decided_at")
+    __slots__ = ("candidates", "operating_point", "decided_at", "access_grant")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_GRANT_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     operating_point: str
     decided_at: OperatingPoint
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., operating_point: _Optional[str] = ..., decided_at: _Optional[_Union[OperatingPoint, _Mapping]] = ...) -> None: ...
+    access_grant: bytes
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., operating_point: _Optional[str] = ..., decided_at: _Optional[_Union[OperatingPoint, _Mapping]] = ..., access_grant: _Optional[bytes] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("proof", "subject_id", "idempotency_key")
