@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,13 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 FPS = 10.0
 
 
-def _kfaar(*args: str) -> subprocess.CompletedProcess:
-    """Run ``kfaar`` from this checkout in a subprocess, the door's variables unset."""
+def _env() -> dict[str, str]:
+    """The environment for ``kfaar`` from this checkout, the door's variables unset."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFAAR_CHALLENGE")}
     env.pop("KFAAR_LIVENESS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _kfaar(*args: str) -> subprocess.CompletedProcess:
+    """Run ``kfaar`` from this checkout in a subprocess."""
     cmd = [sys.executable, "-m", "edge_agent.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
 
 
 def _still_video(photo: Path, out: Path, seconds: float) -> Path:
@@ -264,3 +270,38 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, sample_faces: Path, capsys, 
 def test_a_camera_url_is_reported_without_its_password() -> None:
     assert _public("rtsp://admin:s3cret@10.0.0.5:554/stream1") == "rtsp://10.0.0.5:554/stream1"
     assert _public("0") == "0" and _public("door.mp4") == "door.mp4"
+
+
+def test_frames_are_written_only_with_save_frames(sample_faces: Path, tmp_path: Path) -> None:
+    video = _still_video(sample_faces / "Hugh_Grant" / "Hugh_Grant_0005.jpg",
+                         tmp_path / "still.avi", 6.0)  # fmt: skip
+    out, frames = tmp_path / "report", tmp_path / "frames"
+    args = ["edge", "liveness-trial", "--source", str(video), "--trials", "1",
+            "--liveness", "off", "--out", str(out), "--save-frames", str(frames)]  # fmt: skip
+    assert main(args) == 0
+    trial = json.loads((out / "trial.json").read_text())["trials"][0]
+    assert len(list((frames / "trial_001").glob("*.jpg"))) == trial["frames"] > 10
+    assert json.loads((out / "trial.json").read_text())["frames_saved"] is True
+
+
+def test_ctrl_c_stops_the_run_and_still_writes_the_report(sample_faces: Path, tmp_path: Path):
+    video = _still_video(sample_faces / "Hugh_Grant" / "Hugh_Grant_0005.jpg",
+                         tmp_path / "still.avi", 300.0)  # fmt: skip
+    out = tmp_path / "report"
+    args = ["--source", str(video), "--trials", "100", "--pause", "1", "--liveness", "off",
+            "--out", str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "edge_agent.cli", "edge", "liveness-trial", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())  # fmt: skip
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        assert first.startswith("trial 1/100: FAIL"), first
+        proc.send_signal(signal.SIGINT)
+        rest, _err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    report = json.loads((out / "trial.json").read_text())
+    assert report["ended"].startswith("stopped by the operator after")
+    assert 1 <= report["summary"]["trials"] < 100
+    assert f"| {report['summary']['trials']} | 0 | 0.0% |" in (out / "trial.md").read_text()
