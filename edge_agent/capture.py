@@ -3,14 +3,21 @@
 Live sources (webcams, RTSP) are read by a background thread that keeps only the newest
 frame, so a slow pipeline never works on stale video. Files and folders are read in
 order, every frame, since nothing is lost by waiting for them.
+
+``timed_frames`` also stamps each frame with its time, for the liveness trial: live
+sources on the monotonic clock as frames arrive, a video file on its own clock (so a
+recording is judged at the pace it was recorded, however fast it is read).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -118,3 +125,49 @@ def frames(source: str) -> Iterator[tuple[str, np.ndarray]]:
     if not capture.isOpened():
         raise SourceError(f"cannot open {source}")
     return _live(capture, source) if live else _video(capture, Path(source).name)
+
+
+TimedFrame = tuple[str, float, np.ndarray]  # (label, seconds, BGR frame)
+
+
+@runtime_checkable
+class PromptedSource(Protocol):
+    """A source of timed frames that is told each prompt the door shows (a test rig)."""
+
+    def __iter__(self) -> Iterator[TimedFrame]: ...
+
+    def prompted(self, text: str) -> None:
+        """The door has just shown ``text`` to the person in front of the camera."""
+
+
+def _stamped_video(capture: cv2.VideoCapture, name: str) -> Iterator[TimedFrame]:
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if 1 <= fps <= 240 else 25.0  # a file that does not say: the common rate
+    with closing(_video(capture, name)) as video:  # closing this closes the capture
+        for i, (label, frame) in enumerate(video):
+            yield label, i / fps, frame
+
+
+def _stamped_live(capture: cv2.VideoCapture, name: str) -> Iterator[TimedFrame]:
+    with closing(_live(capture, name)) as live:
+        for label, frame in live:
+            yield label, time.monotonic(), frame
+
+
+def timed_frames(source: str) -> Iterator[TimedFrame]:
+    """Yield (label, seconds, BGR frame) from a webcam index, RTSP/HTTP URL or video file."""
+    if source.isdigit() or "://" in source:
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+        live = True
+    else:
+        path = Path(source)
+        if path.is_dir():
+            raise SourceError(f"{source} is a folder: a trial needs a camera, a URL or a video")
+        if not path.is_file():
+            raise SourceError(f"no such camera, URL or video file: {source}")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise SourceError(f"{source} is an image: a trial needs a camera, a URL or a video")
+        capture, live = cv2.VideoCapture(str(path)), False
+    if not capture.isOpened():
+        raise SourceError(f"cannot open {source}")
+    return _stamped_live(capture, source) if live else _stamped_video(capture, Path(source).name)

@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.door import DoorActions, DoorConfig
@@ -19,10 +20,15 @@ log = logging.getLogger(__name__)
 LIVENESS_MODES = ("passive", "passive-int8", "off")
 
 
-def add_door_args(r: argparse.ArgumentParser) -> None:
-    """Add the liveness and door-action options to ``kfaar edge run``."""
+def add_liveness_args(
+    r: argparse.ArgumentParser, challenge_default: str = "off", steps_alias: bool = False
+) -> None:
+    """Add the door's liveness options (``kfaar edge run``, ``kfaar edge liveness-trial``).
+
+    ``challenge_default`` applies where ``$KFAAR_CHALLENGE`` is unset; ``steps_alias`` also
+    accepts ``--steps`` for ``--challenge-steps``.
+    """
     env = os.environ.get
-    secret_file = env("KFAAR_DOOR_SECRET_FILE")
     r.add_argument(
         "--liveness",
         choices=LIVENESS_MODES,
@@ -32,13 +38,15 @@ def add_door_args(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--challenge",
-        default=env("KFAAR_CHALLENGE", "off"),
-        help="active challenge, a random sequence of timed head turns per attempt: 'off' "
-        f"(default), 'on' or 'all' ({' and '.join(DEFAULT_ACTIONS)}), or a comma list of "
-        f"{', '.join(ACTIONS)} ($KFAAR_CHALLENGE)",
+        default=env("KFAAR_CHALLENGE", challenge_default),
+        help="active challenge, a random sequence of timed head turns per attempt: 'off', "
+        f"'on' or 'all' ({' and '.join(DEFAULT_ACTIONS)}), or a comma list of "
+        f"{', '.join(ACTIONS)} (default {challenge_default}; $KFAAR_CHALLENGE)",
     )
     r.add_argument(
         "--challenge-steps",
+        *(("--steps",) if steps_alias else ()),
+        dest="challenge_steps",
         type=int,
         default=env("KFAAR_CHALLENGE_STEPS", "3"),  # a string default goes through type
         help="prompts in one challenge (3; a replay ignoring them passes with a chance of "
@@ -46,6 +54,13 @@ def add_door_args(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--challenge-time", type=float, default=8.0,
                    help="seconds allowed per step (8)")  # fmt: skip
+
+
+def add_door_args(r: argparse.ArgumentParser) -> None:
+    """Add the liveness and door-action options to ``kfaar edge run``."""
+    env = os.environ.get
+    secret_file = env("KFAAR_DOOR_SECRET_FILE")
+    add_liveness_args(r)
     r.add_argument(
         "--on-accept",
         default=env("KFAAR_ON_ACCEPT"),
@@ -101,21 +116,26 @@ def _argv(command: str | None, flag: str) -> tuple[str, ...]:
     return argv
 
 
-def door_setup(args: argparse.Namespace) -> tuple[LivenessGate, DoorActions | None]:
-    """Build the liveness gate and the door actions that ``args`` ask for."""
+def liveness_gate(args: argparse.Namespace, prompt: Callable[[str], object]) -> LivenessGate:
+    """Build the liveness gate that ``args`` (from :func:`add_liveness_args`) ask for."""
+    if args.challenge_time <= 0:
+        raise ValueError("--challenge-time must be positive")
+    if not 1 <= args.challenge_steps <= 8:
+        raise ValueError("--challenge-steps must be between 1 and 8")
+    actions = _actions(args.challenge)  # checked before the model loads
     passive = None
     if args.liveness != "off":
         from edge_agent.liveness.pad import PassiveLiveness
 
         passive = PassiveLiveness("int8" if args.liveness == "passive-int8" else "fp32")
-    if args.challenge_time <= 0:
-        raise ValueError("--challenge-time must be positive")
-    if not 1 <= args.challenge_steps <= 8:
-        raise ValueError("--challenge-steps must be between 1 and 8")
+    cfg = ChallengeConfig(steps=args.challenge_steps, step_time_s=args.challenge_time)
+    return LivenessGate(passive, actions, cfg, prompt)
+
+
+def door_setup(args: argparse.Namespace) -> tuple[LivenessGate, DoorActions | None]:
+    """Build the liveness gate and the door actions that ``args`` ask for."""
     prompt = lambda text: sys.stdout.write(f"challenge: {text}\n")  # noqa: E731
-    gate = LivenessGate(passive, _actions(args.challenge),
-                        ChallengeConfig(steps=args.challenge_steps,
-                                        step_time_s=args.challenge_time), prompt)  # fmt: skip
+    gate = liveness_gate(args, prompt)
     secret = b""
     if args.webhook:
         if args.webhook_secret_file is None:

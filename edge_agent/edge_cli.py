@@ -107,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from edge_agent.outbox_cli import add_flush_parser
 
     add_flush_parser(actions)
+    from edge_agent.liveness.trial_cli import add_trial_parser
+
+    add_trial_parser(actions)  # measures the door's challenge on site (docs/LIVENESS.md)
     _list_actions(sub, "edge", "the edge agent", actions)
 
 
