@@ -15,7 +15,7 @@ photos (``--photos``): AT&T and LFW people; a "puppet" of two real photos (neutr
 turned by dlib's yaw) switched after a reaction time to each prompt; its recording is
 then replayed against another schedule.
 
-Run: python benchmarks/liveness_challenge.py --video /work/data/liveness_video [--photos]
+Run: python benchmarks/liveness_challenge.py --video CLIPS_DIR [--photos]
 """
 
 from __future__ import annotations

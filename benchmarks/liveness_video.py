@@ -4,7 +4,7 @@ Clips are read at the door's frame rate (``FPS``), every frame with a face keeps
 five points and box (what the challenge reads) and, as the independent label, the head
 yaw and pitch from dlib's 68 landmarks fitted by solvePnP (training/measure/head_pose.py).
 Labels are cached beside the clips (``<clip>.labels.npz``); the media never enter the
-repository (docs: /work/notes/liveness_challenge.md says where to get them).
+repository (docs/LIVENESS.md, "Real video", says where to get them).
 
 Run: python benchmarks/liveness_video.py DIR   (labels every clip, prints their motions)
 """
