@@ -1,9 +1,10 @@
 """Guess budgets: leaky buckets per device, token, subject and (subject, device) pair.
 
 Every Verify and Identify is refused (RESOURCE_EXHAUSTED) while any budget it draws on is
-full; each miss (no match) adds one unit to all of them, and units leak away at a steady
-rate. So misses are bounded by the burst plus the rate, however many matches an attacker
-interleaves: a success never wipes out earlier misses. The state lives in the store, so a
+full; a call let in reserves one unit in all of them at once, a match gives back only its
+own unit, and units leak away at a steady rate. So misses are bounded by the burst plus
+the rate, however many matches an attacker interleaves and however many calls it has in
+flight at once: a success never wipes out earlier misses. The state lives in the store, so a
 restart does not reset it and replicas on one PostgreSQL share it.
 
 Lock-out of an owner by a third party: the tight per-subject budget is kept per (subject,
@@ -15,8 +16,8 @@ same way, a device that has matched anyone under its token is exempt from the to
 budget (strangers sharing the token cannot spend its allowance; its own device budget
 still holds it).
 
-A match never gives misses back: the pair budget is not emptied by a match, so a device
-whose face sits in a subject cannot interleave matches to guess more (issue 20: 50
+A match never gives earlier misses back: the pair budget is not emptied by a match, so a
+device whose face sits in a subject cannot interleave matches to guess more (issue 20: 50
 evaluated misses instead of 5).
 """
 
@@ -85,31 +86,42 @@ class Exhausted(Exception):
         self.kind, self.wait_s = kind, wait_s
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ticket:
-    """The budgets one call draws on: {kind: key}, and the key marking a proven device."""
+    """The budgets one call reserved a unit in ({kind: key}) and the keys marking it proven."""
 
     taken: dict[str, str]
     proven_key: str | None
-    marked: bool = True  # a match has nothing to write: the device is already marked
+    marked: bool = True  # the device is already marked as proven: a match writes no mark
     token_proven_key: str | None = None
+    settled: bool = False  # a ticket is settled once: a second refund would give back more
 
 
 class GuessLimiter:
-    """Check and charge guess budgets in the store; thread-safe through its transactions.
+    """Reserve guess budgets in the store when a call is let in; settle them when decided.
 
-    A call is let in while every budget it draws on has room for one more miss, and its
-    miss is charged when it is decided. Calls in flight together may all pass the check,
-    so a burst can overshoot by the server's worker count; the overshoot is charged all
-    the same and delays the next attempt, so the rate over time stays bounded. (Charging
-    up front would refuse concurrent honest calls that end up matching.)
+    ``take`` checks that every budget a call draws on has room for one more miss and adds
+    that miss to each, in one store transaction (on PostgreSQL under a lock on each budget
+    key, so replicas queue there too): however many calls are in flight at once, on one
+    replica or several, no more than a burst's worth get in. ``settle`` keeps the unit of
+    a miss; a match gives back exactly its own unit, never an earlier miss's and never
+    below empty. So each device holds at most (pair burst - its recent misses) calls on
+    one subject in flight (5 by default; more are refused until one is decided), and
+    sequential matches never add up.
+
+    A call that fails between the two (a store error, an exception, a cancelled or timed
+    out call, a refusal such as a subject of another model) is not settled and keeps its
+    unit: it is charged as a miss. That is the safe side: a failure is never cheaper than
+    a miss, so an attacker cannot guess for free by making calls fail after their probe
+    was compared, and no refund depends on a store that may be what failed. The unit
+    leaks away at the budget's rate like any other.
     """
 
     def __init__(self, store, budgets: GuessBudgets | None = None, clock=time.time) -> None:
         self.store, self.budgets, self.clock = store, budgets or GuessBudgets(), clock
 
     def take(self, device: str, token: str, subject: str | None = None) -> Ticket:
-        """Return the budgets a call draws on, or raise Exhausted when one has no room."""
+        """Reserve one miss in every budget a call draws on, or raise Exhausted (no room)."""
         keys = {"device": f"device{_SEP}{device}", "token": f"token{_SEP}{token}"}
         proven_key = None
         token_proven = f"tproven{_SEP}{token}{_SEP}{device}"
@@ -117,41 +129,55 @@ class GuessLimiter:
             keys["pair"] = f"pair{_SEP}{subject}{_SEP}{device}"
             keys["subject"] = f"subject{_SEP}{subject}"
             proven_key = f"proven{_SEP}{subject}{_SEP}{device}"
+        marks = [token_proven, *filter(None, [proven_key])]
         now = self.clock()
 
-        # A read, not a transaction: calls are charged when decided (see the class).
-        rows = self.store.budgets([*keys.values(), token_proven, *filter(None, [proven_key])])
-        taken = dict(keys)
-        if proven_key in rows:  # this device has matched the subject: exempt, see above
-            del taken["subject"]
-        if token_proven in rows:  # it has matched under this token: strangers cannot spend it
-            del taken["token"]
-        levels = {k: getattr(self.budgets, k).level(rows.get(key), now) for k, key in taken.items()}
-        waits = {k: getattr(self.budgets, k).wait(v) for k, v in levels.items()}
-        kind = max(waits, key=waits.get)
-        if waits[kind] > 0:
-            raise Exhausted(kind, waits[kind])
-        marked = (proven_key is None or proven_key in rows) and token_proven in rows
-        return Ticket(taken, proven_key, marked, token_proven)
+        def reserve(rows: dict[str, tuple[float, float]]) -> tuple[dict, Ticket | Exhausted]:
+            taken = dict(keys)
+            if proven_key in rows:  # this device has matched the subject: exempt, see above
+                del taken["subject"]
+            if token_proven in rows:  # it has matched under this token: strangers cannot spend it
+                del taken["token"]
+            levels = {
+                k: getattr(self.budgets, k).level(rows.get(key), now) for k, key in taken.items()
+            }
+            waits = {k: getattr(self.budgets, k).wait(v) for k, v in levels.items()}
+            kind = max(waits, key=waits.get)
+            if waits[kind] > 0:
+                return {}, Exhausted(kind, waits[kind])  # a refused call reserves nothing
+            marked = all(m in rows for m in marks)
+            writes = {key: (levels[k] + 1, now) for k, key in taken.items()}
+            return writes, Ticket(taken, proven_key, marked, token_proven)
+
+        # Check and reserve in one transaction: calls in flight at once cannot all pass.
+        out = self.store.update_budgets([*keys.values(), *marks], reserve)
+        if isinstance(out, Exhausted):
+            raise out
+        return out
 
     def settle(self, ticket: Ticket, matched: bool) -> None:
-        """Charge a miss to every budget of the call; a match charges nothing.
+        """Keep a miss's reserved unit; give a match's own unit back and mark the device.
 
         A match marks the device as one that has matched the subject (exempt from the
-        subject-wide budget) and the token (exempt from the token-wide one), but gives
-        nothing back: earlier misses stay charged to the device, token and pair.
+        subject-wide budget) and the token (exempt from the token-wide one), and refunds
+        only the unit its own ``take`` reserved: earlier misses stay charged to the
+        device, token and pair.
         """
-        if matched and ticket.marked:
-            return  # the common case of an owner's match writes nothing
+        if ticket.settled:
+            raise RuntimeError("a guess ticket is settled once")
+        ticket.settled = True
+        if not matched:
+            return  # the reservation is the miss's charge
         now = self.clock()
 
-        def run(rows: dict[str, tuple[float, float]]):
-            if matched:
-                marks = [ticket.proven_key, ticket.token_proven_key]
-                return {k: (0.0, now) for k in marks if k}, None
-            return {
-                key: (getattr(self.budgets, kind).level(rows.get(key), now) + 1, now)
+        def refund(rows: dict[str, tuple[float, float]]) -> tuple[dict, None]:
+            writes = {
+                key: (max(0.0, getattr(self.budgets, kind).level(rows.get(key), now) - 1), now)
                 for kind, key in ticket.taken.items()
-            }, None
+            }
+            if not ticket.marked:
+                marks = [ticket.proven_key, ticket.token_proven_key]
+                writes.update({k: (0.0, now) for k in marks if k})
+            return writes, None
 
-        self.store.update_budgets(list(ticket.taken.values()), run)
+        self.store.update_budgets(list(ticket.taken.values()), refund)

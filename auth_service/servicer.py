@@ -131,7 +131,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown subject {subject!r}")
         single = self._single_view(caller, req.probe)
         usable = [i for i, t in enumerate(tags) if t == (self.policy.model, req.probe.space)]
-        if not usable:
+        if not usable:  # not settled: the call keeps its reserved unit, like a miss
             held = ", ".join(sorted({f"{m} {SPACE_NAMES.get(sp, sp)}" for m, sp in tags}))
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,

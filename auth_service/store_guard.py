@@ -174,11 +174,13 @@ class GuardStore:
                 tuple(keys),
             ).fetchall()
             writes, result = decide({k: (float(v), float(a)) for k, v, a in rows})
-            for key, (level, at) in writes.items():
+            if writes:  # one statement, one round trip, while the budgets are locked
                 db.execute(
-                    "INSERT INTO guess_budgets VALUES (?, ?, ?) ON CONFLICT (budget_key) "
-                    "DO UPDATE SET level = excluded.level, at = excluded.at",
-                    (key, level, at),
+                    "INSERT INTO guess_budgets VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(writes))
+                    + " ON CONFLICT (budget_key) DO UPDATE SET level = excluded.level, "
+                    "at = excluded.at",
+                    tuple(x for key, (level, at) in writes.items() for x in (key, level, at)),
                 )
             return result
 

@@ -7,6 +7,7 @@ Each attack runs against a real loopback service (SQLite) with the default guess
 - the device-declared threshold: a probe at cosine 0.94 (single 0.93, fused 0.95)
   declaring 0, 1 and 3 fused views;
 - matches interleaved with misses on the same subject from one device;
+- 8 waves of 40 misses sent at once, each on one subject, from one device (16 workers);
 - six strangers flooding Identify with a shared token, then the owner's proven door;
 - a 0-byte database at `kfaar serve`;
 - a template swapped on disk, then Verify after a restart;
@@ -25,7 +26,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -165,6 +168,34 @@ def interleaved(work: Path) -> tuple:
     )
 
 
+def wave(cam: Device, subject: str, n: int = 40) -> int:
+    """Send ``n`` signed misses on ``subject`` at once; return how many were evaluated."""
+    start = threading.Barrier(n)
+
+    def one(i: int) -> bool:
+        req = auth_pb2.VerifyRequest(subject_id=subject, probe=emb(unit(99 + i)))
+        sign("/kfaar.v1.AuthService/Verify", req, cam.name, cam.key)
+        start.wait()  # all signed, then all sent at once
+        try:
+            return cam.stub.Verify(req, metadata=cam.meta, timeout=10) is not None
+        except grpc.RpcError:
+            return False  # refused: RESOURCE_EXHAUSTED
+
+    with ThreadPoolExecutor(n) as pool:
+        return sum(pool.map(one, range(n)))
+
+
+def concurrent_misses(work: Path) -> tuple:
+    _, run = serve(work / "g.db")
+    door, cam = Device(run.port, "door"), Device(run.port, "cam")
+    for s in range(8):
+        door.send("Enroll", auth_pb2.EnrollRequest(subject_id=f"s{s}", templates=[emb(unit(s))]))
+    waves = [wave(cam, f"s{s}") for s in range(8)]  # 8 x 5 misses fit the device budget (50)
+    run.stop(0)
+    most = f"misses evaluated; most in one wave {max(waves)} (the pair burst is 5)"
+    return ("8 waves of 40 misses at once, one subject each, one device", 320, sum(waves), most)
+
+
 def stranger_flood(work: Path) -> tuple:
     _, run = serve(work / "d.db")
     Device(run.port, "kiosk").send(
@@ -268,6 +299,7 @@ def main() -> int:
         takeover,
         declared_views,
         interleaved,
+        concurrent_misses,
         stranger_flood,
         empty_db,
         swapped,

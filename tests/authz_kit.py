@@ -88,6 +88,7 @@ class Site:
         policy: Policy | None = None,
         tls: TLSFiles | None = None,
         creds: grpc.ChannelCredentials | None = None,
+        workers: int = 4,
     ):
         self.creds = creds  # what every channel of this site presents (TLS, mTLS)
         self.cfg = ServerConfig(
@@ -95,7 +96,7 @@ class Site:
             policy=policy or Policy("hpvfg/1.0.0", {VIRTUAL: THRESHOLD}),
             port=0,
             admin_token=ADMIN,
-            workers=4,
+            workers=workers,
             guess=budgets,
             db_url=db_url,
             tls=tls,

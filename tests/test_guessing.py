@@ -133,6 +133,8 @@ def test_concurrent_matching_calls_are_never_refused(site) -> None:
 
     door = site.client("door-1")
     door.enroll("alice", unit(1))
-    with ThreadPoolExecutor(16) as pool:  # more in flight than any budget's burst
+    # 16 sent at once; the site's 4 workers decide at most 4 at a time, each holding one
+    # unit of the pair budget (burst 4) until its match gives it back.
+    with ThreadPoolExecutor(16) as pool:
         matches = list(pool.map(lambda _: door.verify("alice", unit(1)), range(64)))
     assert matches == [True] * 64

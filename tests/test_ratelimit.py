@@ -78,13 +78,47 @@ def test_a_device_that_matched_is_exempt_from_the_subject_wide_budget(
     assert misses(limiter, "alice", "owner") == 3  # only its own pair budget applies
 
 
-def test_calls_in_flight_together_are_charged_and_delay_the_next(limiter: GuessLimiter) -> None:
-    tickets = [limiter.take("d-1", "app", "s-1") for _ in range(8)]  # all pass the check
+def test_calls_in_flight_together_reserve_no_more_than_the_burst(limiter: GuessLimiter) -> None:
+    tickets, refused = [], 0
+    for _ in range(8):  # 8 calls let in before any is decided
+        try:
+            tickets.append(limiter.take("d-1", "app", "s-1"))
+        except Exhausted as exc:
+            assert exc.kind == "pair"
+            refused += 1
+    assert (len(tickets), refused) == (3, 5)  # before: 8 let in against a pair burst of 3
     for t in tickets:
-        limiter.settle(t, matched=False)  # 8 misses against a pair burst of 3
+        limiter.settle(t, matched=False)
     with pytest.raises(Exhausted) as exc:
         limiter.take("d-1", "app", "s-1")
-    assert exc.value.wait_s == pytest.approx(6 * 60)  # the overshoot is paid back in time
+    assert exc.value.wait_s == pytest.approx(60)  # one unit back per minute, no overshoot
+
+
+def test_a_match_gives_back_its_own_unit_and_never_an_earlier_miss(limiter: GuessLimiter) -> None:
+    assert misses(limiter, "s-1", n=2) == 2
+    for _ in range(50):  # sequential matches never add up
+        limiter.settle(limiter.take("d-1", "app", "s-1"), matched=True)
+    assert misses(limiter, "s-1") == 1  # the two misses are still charged
+    in_flight = limiter.take("d-1", "app", None)
+    limiter.settle(limiter.take("d-1", "app", None), matched=True)
+    limiter.settle(in_flight, matched=False)
+    assert misses(limiter, None) == 10 - 3 - 1  # a match refunds its own unit, not another's
+
+
+def test_a_call_that_fails_after_take_stays_charged(limiter: GuessLimiter) -> None:
+    for _ in range(3):
+        limiter.take("d-1", "app", "s-1")  # never settled: an exception, a cancelled call
+    with pytest.raises(Exhausted):
+        limiter.take("d-1", "app", "s-1")
+
+
+def test_a_ticket_is_settled_once(limiter: GuessLimiter) -> None:
+    assert misses(limiter, "s-1", n=2) == 2
+    ticket = limiter.take("d-1", "app", "s-1")
+    limiter.settle(ticket, matched=True)
+    with pytest.raises(RuntimeError):
+        limiter.settle(ticket, matched=True)  # a second refund would give back a miss
+    assert misses(limiter, "s-1") == 1
 
 
 @pytest.mark.parametrize(
