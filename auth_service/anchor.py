@@ -140,9 +140,8 @@ class Anchor:
         self.lock = threading.Lock()
         self.warning = ""  # set when the anchor cannot be written: served, but shown
 
-    def current(self, anchored: AnchorState, checked: bool) -> AnchorState:
+    def current(self, anchored: AnchorState, moves: int) -> AnchorState:
         """Return what the committed database holds now, for the writers worth anchoring."""
-        moves, _ = self.store.generation_moves(checked)
         marks = {}
         for writer in {self.store._writer(), *anchored.checkpoints}:
             found = self.store.latest_checkpoint(writer)
@@ -150,8 +149,12 @@ class Anchor:
                 marks[writer] = found
         return AnchorState(moves, marks)
 
-    def behind(self, anchored: AnchorState, checked: bool) -> list[str]:
-        """Return how the database is older than ``anchored`` (nothing: an empty list)."""
+    def behind(self, anchored: AnchorState, moves: tuple[int, list[str]]) -> list[str]:
+        """Return how the database is older than ``anchored`` (nothing: an empty list).
+
+        ``moves`` is ``store.generation_moves()``: the database's count, and the subjects
+        whose generation row is not tagged by the service.
+        """
         problems = []
         for writer, (seq, head) in sorted(anchored.checkpoints.items()):
             found = self.store.audit_row_hash(writer, seq)
@@ -162,7 +165,7 @@ class Anchor:
                 )
             elif found != head:
                 problems.append(f"audit row {writer!r} seq {seq} is not the one checkpointed")
-        moves, forged = self.store.generation_moves(checked)
+        moves, forged = moves
         if moves < anchored.moves:
             why = (
                 f"subject generations went back: the database holds {moves} Rekey/Revoke "
@@ -186,11 +189,12 @@ class Anchor:
     def open(self) -> None:
         """At start: raise StoreRolledBack if the database is behind; else anchor it now."""
         anchored = read(self.path)
-        if anchored is not None and (problems := self.behind(anchored, checked=True)):
+        moves = self.store.generation_moves(checked=True)
+        if anchored is not None and (problems := self.behind(anchored, moves)):
             raise StoreRolledBack(self.refusal(problems))
         base = anchored or AnchorState()
         try:
-            write(self.path, base.merged(self.current(base, checked=True)))
+            write(self.path, base.merged(self.current(base, moves[0])))
         except OSError as exc:
             self.warning = (
                 f"no rollback anchor: cannot write {self.path} ({exc.strerror}); set "
@@ -204,7 +208,9 @@ class Anchor:
     def check(self) -> list[str]:
         """Return how the database is behind the anchor, counting only tagged generations."""
         anchored = read(self.path)
-        return [] if anchored is None else self.behind(anchored, checked=True)
+        if anchored is None:
+            return []
+        return self.behind(anchored, self.store.generation_moves(checked=True))
 
     def advance(self) -> None:
         """Move the anchor to what the database has committed; mark the store if behind.
@@ -213,17 +219,17 @@ class Anchor:
         """
         with self.lock:
             anchored = read(self.path) or AnchorState()
-            problems = self.behind(anchored, checked=False)
-            if problems:  # moving on now would forget the rollback
+            moves = self.store.generation_moves()  # one aggregate: this runs after each Rekey
+            if problems := self.behind(anchored, moves):  # moving on would forget it
                 self.store.mark_faulty(self.refusal(problems))
                 return
-            newer = anchored.merged(self.current(anchored, checked=False))
+            newer = anchored.merged(self.current(anchored, moves[0]))
             if newer != anchored:
                 write(self.path, newer)
 
     def accept(self) -> AnchorState:
         """Anchor the database as it is now, even behind the old anchor (an operator's act)."""
         with self.lock:
-            state = self.current(AnchorState(), checked=True)
+            state = self.current(AnchorState(), self.store.generation_moves(checked=True)[0])
             write(self.path, state)
             return state

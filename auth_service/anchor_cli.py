@@ -82,7 +82,7 @@ def _accept(args: argparse.Namespace, key_path, open_postgres) -> int:
         anchor = Anchor(path, store)
         try:
             anchored = read(path)
-            problems = [] if anchored is None else anchor.behind(anchored, checked=True)
+            problems = anchor.check()
         except AnchorError as exc:
             anchored, problems = None, [str(exc)]
         if anchored is not None and not problems:

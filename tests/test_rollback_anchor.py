@@ -319,3 +319,22 @@ def test_an_unreadable_anchor_is_refused_and_an_unwritable_one_is_shown(tmp_path
     finally:
         running.stop(0)
         running.store.close()
+
+
+def test_db_init_gives_a_new_database_a_fresh_anchor(tmp_path: Path) -> None:
+    from auth_service import anchor
+    from edge_agent.cli import main
+
+    db = tmp_path / "kfaar.db"
+    site = Site(db)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    _revoke(site, door, "alice")
+    _stop(site)
+    for extra in ("", "-wal", "-shm"):  # the operator starts over on the same key
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    assert main(["db", "init", "--db", str(db)]) == 0
+    path = anchor.default_path(f"{db}.key")
+    assert anchor.read(path) == anchor.AnchorState() and path.stat().st_mode & 0o777 == 0o600
+    site.running = start(site.cfg)  # not refused by the old database's anchor
+    _stop(site)
