@@ -186,6 +186,12 @@ class Anchor:
             "accept-restore` on this database and key (audited), then start again"
         )
 
+    def _write(self, state: AnchorState) -> None:
+        # What was read must be on disk before the anchor is: after a power cut a
+        # database that lost a commit the anchor recorded would be refused.
+        self.store.make_durable()
+        write(self.path, state)
+
     def open(self) -> None:
         """At start: raise StoreRolledBack if the database is behind; else anchor it now."""
         anchored = read(self.path)
@@ -194,7 +200,7 @@ class Anchor:
             raise StoreRolledBack(self.refusal(problems))
         base = anchored or AnchorState()
         try:
-            write(self.path, base.merged(self.current(base, moves[0])))
+            self._write(base.merged(self.current(base, moves[0])))
         except OSError as exc:
             self.warning = (
                 f"no rollback anchor: cannot write {self.path} ({exc.strerror}); set "
@@ -225,11 +231,11 @@ class Anchor:
                 return
             newer = anchored.merged(self.current(anchored, moves[0]))
             if newer != anchored:
-                write(self.path, newer)
+                self._write(newer)
 
     def accept(self) -> AnchorState:
         """Anchor the database as it is now, even behind the old anchor (an operator's act)."""
         with self.lock:
             state = self.current(AnchorState(), self.store.generation_moves(checked=True)[0])
-            write(self.path, state)
+            self._write(state)
             return state

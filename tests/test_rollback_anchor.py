@@ -119,6 +119,9 @@ def test_a_restored_backup_of_the_whole_database_is_refused(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "older than its rollback anchor" in err and "kfaar db accept-restore" in err
     assert "Traceback" not in err
+    assert main(["audit", "verify", "--db", str(db)]) == 1  # before: "intact", an older chain
+    out = capsys.readouterr().out
+    assert "BROKEN: " in out and "which the rollback anchor recorded" in out
 
 
 # -- (b) the revoked subject's old rows and old generation row put back ------------------
