@@ -66,6 +66,7 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
         if not self.store.remove_device(request.device_id):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {request.device_id!r}")
         self.store.audit(_actor(context), "UnregisterDevice", None, request.device_id)
+        self.store.seal()  # a rollback must not bring the device back
         return auth_pb2.UnregisterDeviceReply()
 
     def CreateAppToken(self, request, context):
@@ -99,6 +100,7 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
         if not self.store.remove_token(request.app_name):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown app {request.app_name!r}")
         self.store.audit(_actor(context), "RevokeAppToken", None, request.app_name)
+        self.store.seal()  # a rollback must not bring the token back
         return auth_pb2.RevokeAppTokenReply()
 
     def ClearGuessBudget(self, request, context):

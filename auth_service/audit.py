@@ -22,6 +22,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+import nacl.exceptions
+
 from auth_service.service_key import ServiceKey
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,37 @@ class AuditChain:
 
         if self.service_key is not None:
             self._tx(run)
+
+    def audit_row_hash(self, writer: str, seq: int) -> bytes | None:
+        """Return the hash of ``writer``'s row ``seq``, or None when there is none."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT row_hash FROM audit WHERE writer = ? AND seq = ?", (writer, seq)
+            ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def latest_checkpoint(self, writer: str) -> tuple[int, bytes] | None:
+        """Return (seq, head) of ``writer``'s newest checkpoint signed by this service key."""
+        key = self.service_key
+        if key is None:
+            return None
+        with self._read() as db:
+            row = db.execute(
+                "SELECT seq, row_hash, at, signature FROM audit_checkpoints WHERE writer = ? "
+                "AND verify_key = ? ORDER BY seq DESC LIMIT 1",
+                (writer, key.verify_key),
+            ).fetchone()
+        if row is None:
+            return None
+        seq, head = int(row[0]), bytes(row[1])
+        try:
+            key.signing.verify_key.verify(
+                checkpoint_message(writer, seq, head, float(row[2])), bytes(row[3])
+            )
+        except nacl.exceptions.BadSignatureError:
+            log.error("audit checkpoint %s seq %d is not signed by the service key", writer, seq)
+            return None
+        return seq, head
 
     def audit_log(self) -> list[tuple]:
         """Return (at, device, method, "scope/subject" or subject, outcome) rows, oldest first."""

@@ -3,7 +3,9 @@
 Rows are read in insertion order (``id``); each writer's rows must follow each other
 (sequence numbers 1, 2, 3, ... and each ``prev_hash`` the hash of the row before) and
 every row's hash must match its content. A signed checkpoint must match the row at its
-sequence number, so rows rewritten with fresh hashes, or cut off the end, are found too.
+sequence number, so rows rewritten with fresh hashes, or cut off the end, are found too;
+so must each checkpoint the rollback anchor (auth_service/anchor.py) recorded, so rows
+cut off together with their checkpoint, or an older copy of the database, are found.
 Rows from before the chain (older databases) are counted, not checked.
 """
 
@@ -43,8 +45,16 @@ class Report:
         return not self.findings
 
 
-def verify_rows(rows: list[tuple], checkpoints: list[tuple], trusted: set[bytes]) -> Report:
-    """Check audit rows (see ``AuditChain.audit_rows``) and checkpoints; return the findings."""
+def verify_rows(
+    rows: list[tuple],
+    checkpoints: list[tuple],
+    trusted: set[bytes],
+    anchored: dict[str, tuple[int, bytes]] | None = None,
+) -> Report:
+    """Check audit rows (see ``AuditChain.audit_rows``) and checkpoints; return the findings.
+
+    ``anchored``: the rollback anchor's checkpoints, writer -> (seq, head).
+    """
     findings: list[Finding] = []
     chains: dict[str, list[tuple]] = {}
     unchained = 0
@@ -97,6 +107,30 @@ def verify_rows(rows: list[tuple], checkpoints: list[tuple], trusted: set[bytes]
                     seq,
                     f"row id {row[0]} ({writer} seq {seq}) differs from its signed "
                     "checkpoint: rows up to it were rewritten",
+                )
+            )
+    for writer, (seq, head) in sorted((anchored or {}).items()):
+        row = by_seq.get((writer, seq))
+        if row is None:
+            findings.append(
+                Finding(
+                    "deleted",
+                    None,
+                    writer,
+                    seq,
+                    f"{writer} has no row seq {seq}, which the rollback anchor recorded: the "
+                    "chain was cut back, or an older copy of the database restored",
+                )
+            )
+        elif bytes(row[11]) != bytes(head):
+            findings.append(
+                Finding(
+                    "changed",
+                    row[0],
+                    writer,
+                    seq,
+                    f"row id {row[0]} ({writer} seq {seq}) is not the one the rollback "
+                    "anchor recorded: the chain was rewritten, or another database restored",
                 )
             )
     findings.sort(key=lambda f: (f.row_id is None, f.row_id or 0))
@@ -181,13 +215,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the service key file; its checkpoint key is the only one trusted "
         "(default: $KFAAR_SERVICE_KEY_FILE, else DB.key next to --db)",
     )
+    v.add_argument(
+        "--anchor-file",
+        type=Path,
+        default=None,
+        help="the rollback anchor whose checkpoints must be in the chain (default: "
+        "$KFAAR_ANCHOR_FILE, else the key file plus .anchor, when it exists)",
+    )
     v.set_defaults(handler=_verify)
 
 
 def _verify(args: argparse.Namespace) -> int:
     import os
 
-    from auth_service import service_key
+    from auth_service import anchor, service_key
 
     key_file = args.key_file or os.environ.get(service_key.KEY_ENV)
     if key_file is None and not args.db_url:
@@ -195,14 +236,19 @@ def _verify(args: argparse.Namespace) -> int:
     from auth_service.store import StoreError
 
     trusted: set[bytes] = set()
+    anchor_file = args.anchor_file or os.environ.get(anchor.ANCHOR_ENV)
+    if anchor_file is None and key_file is not None:
+        anchor_file = anchor.default_path(key_file)
     try:
         if key_file is not None and Path(key_file).exists():
             trusted.add(service_key.load(Path(key_file)).verify_key)
+        anchored = anchor.read(Path(anchor_file)) if anchor_file else None
         store = _open(args)
     except (StoreError, service_key.ServiceKeyError) as exc:  # a message and exit 2
         raise ValueError(str(exc)) from None
     try:
-        report = verify_rows(store.audit_rows(), store.audit_checkpoints(), trusted)
+        marks = None if anchored is None else anchored.checkpoints
+        report = verify_rows(store.audit_rows(), store.audit_checkpoints(), trusted, marks)
     finally:
         store.close()
     out = (
@@ -211,6 +257,8 @@ def _verify(args: argparse.Namespace) -> int:
     )
     if not trusted:
         out += " (no service key given: checkpoint signers not checked against it)"
+    if anchored is not None:
+        out += f", checked against the rollback anchor {anchor_file}"
     if report.ok:
         sys.stdout.write(f"intact: {out}\n")
         return 0

@@ -43,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--db-url URL --service-key-file PATH` makes it)",
     )
     p.add_argument(
+        "--anchor-file",
+        type=Path,
+        default=_env("KFAAR_ANCHOR_FILE"),
+        help="the rollback anchor, which a database restored or rolled back behind the "
+        "service's back must not be older than (start refused, exit 2; `kfaar db "
+        "accept-restore` accepts it); one per replica ($KFAAR_ANCHOR_FILE; default: the "
+        "service key file's name plus .anchor)",
+    )
+    p.add_argument(
         "--allow-unsigned-store",
         action="store_true",
         default=_env("KFAAR_ALLOW_UNSIGNED_STORE", "") in ("1", "true", "yes"),
@@ -266,6 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
         integrity_check_s=args.integrity_check,
         allow_unsigned_store=args.allow_unsigned_store,
         grant_ttl_s=args.grant_ttl,
+        anchor_file=args.anchor_file,
     )
     from auth_service.service_key import ServiceKeyError
 

@@ -26,7 +26,7 @@ _KEYWORD_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGN
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "db",
-        help="database maintenance: schema migrations",
+        help="database maintenance: schema migrations, accepting a restored backup",
         description="Maintain the template store kfaar serve uses: SQLite (--db) or "
         "PostgreSQL (--db-url).",
     )
@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_store_args(i)
     _key_arg(i)
     i.set_defaults(handler=_init)
+    from auth_service.anchor_cli import register as register_accept_restore
+
+    register_accept_restore(actions, add_store_args, _key_path, _open_postgres)
 
 
 def _key_arg(p: argparse.ArgumentParser) -> None:
@@ -95,6 +98,9 @@ def _init(args: argparse.Namespace) -> int:
         version = store.schema_version
     finally:
         store.close()
+    from auth_service.anchor_cli import fresh
+
+    fresh(key_path)  # a new database: an anchor left by an old one would refuse it
     sys.stdout.write(f"created sqlite:{args.db} (schema version {version}), key {key_path}\n")
     return 0
 

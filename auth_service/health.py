@@ -2,9 +2,11 @@
 
 The standard health reply carries only a status, so the reason for NOT_SERVING travels
 as trailing metadata (``kfaar-health-reason``), which ``kfaar health`` prints. The
-watchdog runs the store's integrity check periodically and signs audit checkpoints; a
-failed check, like a failed page read during a call (``SqlStore.mark_faulty``), turns
-every service NOT_SERVING until the store is repaired and the service restarted.
+watchdog runs the store's integrity check periodically, checks the database is not behind
+its rollback anchor (auth_service/anchor.py), and signs audit checkpoints, moving the
+anchor on; a failed check, like a failed page read during a call
+(``SqlStore.mark_faulty``), turns every service NOT_SERVING until the store is repaired
+and the service restarted.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ class Watchdog(threading.Thread):
         if problems:
             self.store.mark_faulty("integrity check failed: " + "; ".join(problems[:3]))
 
+    def check_anchor(self) -> None:
+        """Check the database against its rollback anchor; mark the store faulty if behind."""
+        anchor = getattr(self.store, "anchor", None)
+        if anchor is not None and self.store.fault is None and (problems := anchor.check()):
+            self.store.mark_faulty(anchor.refusal(problems))
+
     def run(self) -> None:
         waited = 0.0
         step = min(CHECKPOINT_EVERY_S, self.every_s)
@@ -79,10 +87,11 @@ class Watchdog(threading.Thread):
             waited += step
             try:
                 if self.store.fault is None:
-                    self.store.audit_checkpoint()
+                    self.store.seal()
                 if waited >= self.every_s:
                     waited = 0.0
                     self.check()
+                    self.check_anchor()
             except Exception as exc:  # a store error: recorded by the store, keep watching
                 log.warning("watchdog: %s", exc)
 

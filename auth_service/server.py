@@ -18,6 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_service import service_key
 from auth_service.access_grant import DEFAULT_TTL_S as GRANT_TTL_S
+from auth_service.anchor import Anchor
+from auth_service.anchor import default_path as default_anchor_path
 from auth_service.health import ReasonedHealth, Watchdog
 from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
@@ -29,7 +31,7 @@ from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
 from auth_service.ratelimit import GuessBudgets, GuessLimiter
 from auth_service.refusals import RefusalAudit
 from auth_service.servicer import AdminServicer, AuthServicer, Policy
-from auth_service.store import TemplateStore
+from auth_service.store import StoreError, TemplateStore
 from auth_service.store_sqlite import SqliteStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
@@ -94,6 +96,8 @@ class ServerConfig:
     allow_unsigned_store: bool = False
     # Seconds an access grant (auth_service/access_grant.py) lets a door controller open.
     grant_ttl_s: float = GRANT_TTL_S
+    # The rollback anchor (auth_service/anchor.py); None: SERVICE_KEY_FILE.anchor beside it.
+    anchor_file: Path | None = None
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Running:
             try:
                 if self.refusals is not None:
                     self.refusals.flush()
-                self.store.audit_checkpoint()
+                self.store.seal()  # signs the head and moves the rollback anchor on
             except Exception as exc:  # the store is gone: nothing more to record
                 log.warning("could not close the audit trail: %s", exc)
 
@@ -140,11 +144,9 @@ def load_service_key(
     A store that already holds tagged templates needs its own key back: a fresh one would
     refuse every template (restore the key file instead).
     """
-    path = cfg.service_key_file
-    if path is None and not cfg.db_url and str(cfg.db) == ":memory:":
+    if not cfg.db_url and str(cfg.db) == ":memory:" and cfg.service_key_file is None:
         return service_key.ServiceKey(nacl.utils.random(service_key.SEED_BYTES))  # dies with it
-    if path is None and not cfg.db_url:
-        path = service_key.default_path(cfg.db)
+    path = key_path(cfg)
     if path is None:
         if not cfg.allow_unsigned_store:
             raise service_key.ServiceKeyError(UNSIGNED_REFUSAL)
@@ -156,6 +158,22 @@ def load_service_key(
             "restore that key file"
         )
     return service_key.load_or_create(Path(path), cfg.create_db)
+
+
+def key_path(cfg: ServerConfig) -> Path | None:
+    """Return the service key file the config names (None: PostgreSQL without one)."""
+    if cfg.service_key_file is None and not cfg.db_url:
+        return service_key.default_path(cfg.db)
+    return cfg.service_key_file
+
+
+def open_anchor(cfg: ServerConfig, store: TemplateStore) -> None:
+    """Refuse a database behind its rollback anchor (StoreRolledBack); else keep it."""
+    path = cfg.anchor_file or (key_path(cfg) if str(cfg.db) != ":memory:" else None)
+    if store.service_key is None or path is None:  # unsigned, or gone with the process
+        return
+    store.anchor = Anchor(cfg.anchor_file or default_anchor_path(path), store)
+    store.anchor.open()
 
 
 def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
@@ -171,13 +189,16 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
                     f"{n} templates carry integrity tags from before subject generations "
                     "(schema 6): run `kfaar db migrate` with the service key first"
                 )
-        except service_key.ServiceKeyError:
+            open_anchor(cfg, store)
+        except (service_key.ServiceKeyError, StoreError):
             if opened:
                 store.close()
             raise
     health_servicer = ReasonedHealth()
     if getattr(store, "service_key", None) is None:  # allowed only by --allow-unsigned-store
         health_servicer.warning = "unsigned store: no service key, templates untagged"
+    elif getattr(store, "anchor", None) is not None and store.anchor.warning:
+        health_servicer.warning = store.anchor.warning
     store.on_fault = health_servicer.unhealthy
     watchdog = Watchdog(store, cfg.integrity_check_s)
     watchdog.check()  # before serving: a damaged store starts NOT_SERVING, with the reason

@@ -219,15 +219,19 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
     def _run(self, name: str, fn, req: Message, reply_type: type, context: grpc.ServicerContext):
         try:
             if not getattr(req, "idempotency_key", ""):
-                return fn(req)
-            if name in WRITES:
-                return self._write_once(name, fn, req, reply_type)
-            self.replies.check_read(req)  # reads are decided afresh, never from the cache
-            return fn(req)
+                reply = fn(req)
+            elif name in WRITES:
+                reply = self._write_once(name, fn, req, reply_type)
+            else:
+                self.replies.check_read(req)  # reads are decided afresh, never from the cache
+                reply = fn(req)
         except RequestError as exc:
             self.metrics.refusals.labels(exc.code.name).inc()
             self._audit_refusal(req.proof.device_id, name, exc)
             context.abort(exc.code, str(exc))
+        if name in ("Rekey", "Revoke"):  # committed: a rollback must not bring it back
+            self.store.seal()
+        return reply
 
     def _audit_refusal(self, device: str, method: str, exc: RequestError) -> None:
         """Audit a refusal: one row a second per device at most, counting the others."""

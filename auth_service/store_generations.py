@@ -8,7 +8,8 @@ the subject's current generation and that generation's tag is valid. So a thief 
 write the database but not read the service key cannot bring back a template a Rekey or
 Revoke removed: its tag names an older generation. Putting back the old generation row
 as well passes these checks; the audit chain, which records the generation of every
-Rekey and Revoke, shows that (``kfaar audit verify``), not the load.
+Rekey and Revoke, shows that (``kfaar audit verify``); the rollback anchor
+(auth_service/anchor.py) refuses it: the sum of the generations goes back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # current generation and that generation's tag (NULL: the subject has none).
 GENERATION_COLUMNS = "t.tag, t.generation, g.generation, g.tag"
 GENERATION_JOIN = "LEFT JOIN subject_generations g ON g.subject_id = t.subject_id"
+MOVES_BATCH = 20_000  # generation rows checked per read
 
 
 class GenerationStore:
@@ -80,6 +82,37 @@ class GenerationStore:
                 ", ".join(repr(s) for s in sorted(bad)[:5]),
             )
         return good
+
+    def generation_moves(self, checked: bool = False) -> tuple[int, list[str]]:
+        """Return how often generations moved on (sum of generation - 1) over tagged rows.
+
+        With ``checked``, count only rows whose tag is the service's, and name the others
+        (a forged row must not make up for an old one put back). Read in batches, so that
+        a check of a million subjects never holds the store for long.
+        """
+        if not checked or self.service_key is None:
+            with self._read() as db:
+                row = db.execute(
+                    "SELECT COALESCE(SUM(generation - 1), 0) FROM subject_generations "
+                    "WHERE tag IS NOT NULL AND generation > 0"
+                ).fetchone()
+            return int(row[0]), []
+        key, moves, forged, after = self.service_key, 0, [], ""
+        while True:
+            with self._read() as db:
+                rows = db.execute(
+                    "SELECT subject_id, generation, tag FROM subject_generations WHERE "
+                    "tag IS NOT NULL AND subject_id > ? ORDER BY subject_id LIMIT ?",
+                    (after, MOVES_BATCH),
+                ).fetchall()
+            for subject, gen, tag in rows:
+                if int(gen) > 0 and key.check_generation(tag, subject, int(gen)):
+                    moves += int(gen) - 1
+                else:
+                    forged.append(repr(subject))
+            if len(rows) < MOVES_BATCH:
+                return moves, forged
+            after = rows[-1][0]
 
     def legacy_tagged_templates(self) -> int:
         """Return how many templates carry a tag from before generations (schema 5)."""

@@ -9,6 +9,7 @@ an unknown error on every call.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -62,6 +63,21 @@ class SqliteStore(SqlStore):
             return [str(exc)]
         found = [r[0] for r in rows if r[0] != "ok"]
         return found
+
+    def make_durable(self) -> None:
+        """Flush the WAL to disk: in WAL mode with synchronous=NORMAL a commit is not, yet."""
+        if self.path == ":memory:":
+            return
+        with self.lock:
+            for name in (self.path, f"{self.path}-wal"):
+                try:
+                    fd = os.open(name, os.O_RDONLY)
+                except FileNotFoundError:  # no WAL right now: everything is in the file
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

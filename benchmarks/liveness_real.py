@@ -11,7 +11,8 @@ attempt's frames fused by the median, as the edge does; a still is a one-frame a
   repositories' live selfies, live videos and MiniFASNet's live sample, plus the bundled
   sample faces); LFW dev photos (press photos) are reported on their own, not used.
 
-Run: python benchmarks/liveness_real.py --root MEDIA_DIR [--out F.json]  (docs/LIVENESS.md: how to get the media)
+Run: python benchmarks/liveness_real.py --root MEDIA_DIR [--out F.json]
+(docs/LIVENESS.md says how to get the media)
 """
 
 from __future__ import annotations
