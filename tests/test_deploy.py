@@ -264,6 +264,20 @@ def test_every_postgresql_replica_and_migration_gets_the_service_key() -> None:
         assert path.rsplit("/", 1)[1] in k8s_header  # the Secret's key is the file's name
 
 
+def test_compose_keeps_the_rollback_anchor_off_the_database_volume() -> None:
+    # A snapshot of the database's volume restored whole would bring its anchor back too,
+    # and the rollback would pass: the anchor needs a volume of its own, writable by the
+    # image's user (the Dockerfile creates and owns the mount point).
+    serve = _yaml_docs(REPO / "deploy/compose.yaml")[0]["services"]["kfaar-serve"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in serve["volumes"]}
+    anchor = Path(serve["environment"]["KFAAR_ANCHOR_FILE"])
+    db = Path(serve["environment"]["KFAAR_DB"])
+    assert mounts[str(anchor.parent)] != mounts[str(db.parent)], mounts
+    assert not mounts[str(anchor.parent)].startswith("./")  # a named volume, kept
+    dockerfile = (REPO / "deploy/container/Dockerfile").read_text()
+    assert f"-o kfaar -g kfaar -m 0700 {anchor.parent}" in dockerfile
+
+
 def _kustomize() -> list[str] | None:
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
