@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped sample faces; the data root, skipped when absent except in CI."""
+"""Shared fixtures: sample faces; the data root (skipped when absent except in CI); a site."""
 
 from __future__ import annotations
 
@@ -86,3 +86,29 @@ def postgres_url(postgres_server: str, request) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{postgres_server}/{name}"
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    """Start a real loopback service on a fresh SQLite database (tests/authz_kit.py)."""
+    from authz_kit import Site
+
+    s = Site(tmp_path / "kfaar.db")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def controllers():
+    """Make door controllers that check grants (tests/door_kit.py); close them after."""
+    from door_kit import Controller
+
+    made: list[Controller] = []
+
+    def make(*args, **kw) -> Controller:
+        made.append(Controller(*args, **kw))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()

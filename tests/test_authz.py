@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 import nacl.signing
 import pytest
 from authz_kit import ADMIN, Client, Site, code, emb, unit
 
 from kfaar_pb.v1 import auth_pb2
-
-
-@pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path / "kfaar.db")
-    yield s
-    s.stop()
 
 
 def test_a_device_of_another_scope_cannot_take_over_a_subject(site: Site) -> None:

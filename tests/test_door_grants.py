@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import base64
 import time
-from pathlib import Path
 
 import pytest
 from authz_kit import Site, emb, unit
 from door_kit import (
     PREFIX,
-    Controller,
     claims_of,
     decide,
     door,
@@ -26,26 +24,6 @@ from door_kit import (
 
 from auth_service.access_grant import key_id
 from kfaar_pb.v1 import auth_pb2
-
-
-@pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path / "db")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def controllers():
-    made: list[Controller] = []
-
-    def make(*args, **kw) -> Controller:
-        made.append(Controller(*args, **kw))
-        return made[-1]
-
-    yield make
-    for c in made:
-        c.close()
 
 
 def test_an_accepted_attempt_opens_its_door_exactly_once(site, controllers, tmp_path) -> None:

@@ -17,7 +17,6 @@ from authz_kit import ADMIN, THRESHOLD, VIRTUAL, Client, Site, emb, unit
 from door_kit import (
     SECRET,
     VERIFIER,
-    Controller,
     claims_of,
     decide,
     edge_client,
@@ -29,26 +28,6 @@ from auth_service.access_grant import check_ttl, key_id
 from auth_service.server import ServerConfig, start
 from auth_service.servicer import Policy
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
-
-
-@pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path / "db")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def controllers():
-    made: list[Controller] = []
-
-    def make(*args, **kw) -> Controller:
-        made.append(Controller(*args, **kw))
-        return made[-1]
-
-    yield make
-    for c in made:
-        c.close()
 
 
 def test_the_grant_lifetime_is_the_services_setting(site) -> None:
@@ -98,7 +77,7 @@ def _cli(stdin: bytes, *args: str) -> subprocess.CompletedProcess:
 def test_grant_key_command_and_the_controller_cli(site, capsys, tmp_path) -> None:
     from edge_agent.cli import main
 
-    key_file = tmp_path / "db.key"
+    key_file = tmp_path / "kfaar.db.key"
     assert main(["admin", "grant-key", "--service-key-file", str(key_file)]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == grant_key(site).hex()

@@ -15,13 +15,6 @@ from auth_service.ratelimit import Budget, GuessBudgets
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path / "kfaar.db")
-    yield s
-    s.stop()
-
-
 def answered(fn, tries: int) -> int:
     """Call ``fn`` ``tries`` times; return how many calls were answered (not exhausted)."""
     n = 0

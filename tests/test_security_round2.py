@@ -22,13 +22,6 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path / "kfaar.db")
-    yield s
-    s.stop()
-
-
 def refusals(fn, tries: int) -> dict[str, int]:
     """Call ``fn`` ``tries`` times; count the outcomes by status name ("OK" for none)."""
     out: dict[str, int] = {}
