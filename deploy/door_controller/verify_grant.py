@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         verify_key = load_verify_key(text)
         seen = SeenFile(args.seen)
     except (OSError, ValueError) as exc:
-        sys.stderr.write(f"usage: {exc}\n")
+        sys.stderr.write(f"{p.prog}: error: {exc}\n")
         return 2
     try:
         try:
