@@ -12,6 +12,7 @@ from auth_service.audit_verify import register as register_audit
 from auth_service.console.cli import register as register_console
 from auth_service.db_cli import add_store_args
 from auth_service.db_cli import register as register_db
+from auth_service.limits import add_limit_args
 from auth_service.shortlist import ENGINES
 
 
@@ -188,6 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how long an access grant, signed on each accepted Verify or matched Identify, "
         "lets a door controller open ($KFAAR_GRANT_TTL_S; default 10, at most 300)",
     )
+    add_limit_args(p)  # streams and subjects one token may hold (auth_service/limits.py)
     p.set_defaults(handler=_serve)
 
     h = sub.add_parser(
@@ -211,6 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
     from auth_service.db_cli import check_db_url, redact
     from auth_service.index import IndexConfig
     from auth_service.index_sync import SyncConfig
+    from auth_service.limits import limits_from_args
     from auth_service.liveness_policy import LivenessPolicy
     from auth_service.model_manifest import ModelManifest
     from auth_service.ratelimit import GuessBudgets
@@ -227,6 +230,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         check_uri(args.milvus_uri)  # none, a malformed one, or no pymilvus: a clear ValueError
     guess = GuessBudgets.parse(args.guess_budgets)  # a bad value raises a clear ValueError
+    workers, limits = limits_from_args(args)  # likewise
     if not args.db_timeout > 0:
         raise ValueError("--db-timeout must be a positive number of seconds")
     pool = _pool(args.db_pool, args.db_timeout) if args.db_url else None
@@ -276,6 +280,8 @@ def _serve(args: argparse.Namespace) -> int:
         allow_unsigned_store=args.allow_unsigned_store,
         grant_ttl_s=args.grant_ttl,
         anchor_file=args.anchor_file,
+        workers=workers,
+        limits=limits,
     )
     from auth_service.service_key import ServiceKeyError
 

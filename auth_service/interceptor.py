@@ -37,8 +37,9 @@ from auth_service.authz import (
     Grant,
     authorize,
 )
+from auth_service.limits import StreamSlots
 from auth_service.proof import NonceCache, ProofError, StoredNonces, verify
-from auth_service.refusals import RefusalAudit, peer_ip
+from auth_service.refusals import RefusalAudit, peer_ip, quoted
 from auth_service.store import StoreUnavailable, TemplateStore
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class DeviceVerifier:
             raise ProofError("missing device proof")
         found = self.store.device(request.proof.device_id)
         if found is None:
-            raise ProofError(f"unknown device {request.proof.device_id!r}")
+            raise ProofError(f"unknown device {quoted(request.proof.device_id)}")
         verify(method, request, nacl.signing.VerifyKey(found[0]), self.nonces)
         return request.proof.device_id, found[1]
 
@@ -119,9 +120,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         verifier: DeviceVerifier,
         admin_hash: bytes | None,
         refusals: RefusalAudit | None = None,
+        streams: StreamSlots | None = None,
     ):
         self.store, self.verifier, self.admin_hash = store, verifier, admin_hash
         self.refusals = refusals or RefusalAudit(store)
+        self.streams = streams
 
     def _grant(self, metadata: tuple | None) -> Grant | None:
         token = bearer(metadata)
@@ -171,7 +174,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             name = method.rsplit("/", 1)[-1]
             return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, why, self, name)
         if handler.unary_unary is None:  # the stream checks each probe itself
-            return _with_role(handler, role, grant)
+            return _with_role(handler, role, grant, self)
         inner = handler.unary_unary
         verifier = self.verifier if method.startswith(AUTH_SERVICE) else None
 
@@ -225,16 +228,26 @@ def _refuse(
     )
 
 
-def _with_role(handler, role: str, grant: Grant):
-    inner = handler.stream_stream
+def _with_role(handler, role: str, grant: Grant, auth: AuthInterceptor):
+    inner, slots = handler.stream_stream, auth.streams
+    token = None if grant.admin else grant.app  # the admin's streams count only in all
 
     def run(request_iterator, context: grpc.ServicerContext):
+        # A stream holds a worker thread while open: take a slot first, or refuse.
+        why = slots.acquire(token) if slots is not None else None
+        if why is not None:
+            auth.refused(
+                context, None, "StreamAuthenticate", grpc.StatusCode.RESOURCE_EXHAUSTED, why
+            )
         CALLER_ROLE.set(role)
         GRANT.set(grant)
         try:
             yield from inner(request_iterator, context)
         except StoreUnavailable as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
+        finally:
+            if slots is not None:
+                slots.release(token)
 
     return grpc.stream_stream_rpc_method_handler(
         run, handler.request_deserializer, handler.response_serializer

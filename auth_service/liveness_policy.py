@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from auth_service.policy import RequestError
+from auth_service.refusals import quoted
 from kfaar_pb.v1 import auth_pb2
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,9 @@ class LivenessPolicy:
         methods = [m for m in ev.method.split("+") if m]
         unknown = [m for m in methods if m not in self.floors and m != ACTIVE]
         if not methods or unknown:
-            return f"unknown liveness method {ev.method!r}"
+            return f"unknown liveness method {quoted(ev.method)}"
         if not ev.passed:
-            return f"attempt not live ({ev.method} score {ev.score:.2f})"
+            return f"attempt not live ({ev.method[:64]} score {ev.score:.2f})"
         if ACTIVE in methods and not ev.challenge:
             return "active challenge claimed without naming the action asked"
         if ev.score < ev.threshold:
@@ -87,13 +88,13 @@ class LivenessPolicy:
     def _mode_refusal(self, mode: str, methods: list[str], challenge: str) -> str | None:
         """Return why the methods miss what the scope's mode needs, or None."""
         if mode in ("passive", "both") and not any(m in self.floors for m in methods):
-            return f"scope requires passive PAD, got {'+'.join(methods)!r}"
+            return f"scope requires passive PAD, got {quoted('+'.join(methods))}"
         if mode in ("active", "both"):
             if ACTIVE not in methods:
-                return f"scope requires the active challenge, got {'+'.join(methods)!r}"
+                return f"scope requires the active challenge, got {quoted('+'.join(methods))}"
             steps = [a for a in challenge.split(",") if a]
             if any(a not in TURNS for a in steps):
-                return f"unknown challenge steps in {challenge!r}"
+                return f"unknown challenge steps in {quoted(challenge)}"
             if len(steps) < self.min_steps:
                 return f"challenge of {len(steps)} step(s), scope requires {self.min_steps}"
         return None
@@ -106,4 +107,4 @@ class LivenessPolicy:
         audit(f"refused: liveness: {why}")
         log.info("liveness required in scope %r: %s", scope, why)
         msg = f"liveness required in scope {scope!r}: {why}"
-        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, msg)
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, msg, audited=True)

@@ -29,9 +29,10 @@ FAR_ENV = "KFAAR_OPERATING_FAR"
 class RequestError(Exception):
     """A request the service refuses: carries the gRPC status code and a message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, audited: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.audited = audited  # already recorded (with its own reason): not again
 
 
 class PolicyError(ValueError):

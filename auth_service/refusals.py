@@ -17,6 +17,15 @@ MAX_OUTCOME = 200  # refusal messages may quote caller-chosen ids: keep rows sma
 MAX_CALLERS = 10_000
 
 
+def quoted(text: str, limit: int = 64) -> str:
+    """Quote caller-chosen text for a refusal, cut short: it is echoed, logged and audited.
+
+    Quoted whole, a megabyte-long id came back in the status details, past the client's
+    metadata limit: the caller saw RESOURCE_EXHAUSTED instead of the reason.
+    """
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 def peer_ip(peer: str) -> str:
     """Return the address of a gRPC peer string, without the port ("ipv4:1.2.3.4:5")."""
     kind, _, rest = peer.partition(":")

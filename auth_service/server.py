@@ -25,6 +25,7 @@ from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
 from auth_service.index_sync import IndexFollower, SyncConfig
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
+from auth_service.limits import ResourceLimits, StreamSlots
 from auth_service.liveness_policy import LivenessPolicy
 from auth_service.metrics import Metrics, MetricsInterceptor
 from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
@@ -98,6 +99,8 @@ class ServerConfig:
     grant_ttl_s: float = GRANT_TTL_S
     # The rollback anchor (auth_service/anchor.py); None: SERVICE_KEY_FILE.anchor beside it.
     anchor_file: Path | None = None
+    # What one token may hold: streams open at once, subjects enrolled (auth_service/limits.py).
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
 
 
 @dataclass
@@ -207,11 +210,12 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     # Nonces are spent in the store: a replay stays refused across restarts and replicas.
     verifier = DeviceVerifier(store, StoredNonces(store, cfg.window_ms))
     admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
+    streams = StreamSlots(cfg.limits.streams_per_token, cfg.limits.total_streams(cfg.workers))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers),
         interceptors=[
             MetricsInterceptor(metrics),
-            AuthInterceptor(store, verifier, admin_hash, refusals),
+            AuthInterceptor(store, verifier, admin_hash, refusals, streams),
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -233,6 +237,7 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         liveness=cfg.liveness,
         refusals=refusals,
         grant_ttl_s=cfg.grant_ttl_s,
+        subjects_per_app=cfg.limits.subjects_per_app,
     )
     # Changes committed after this point reach the indexes through the follower; the ones
     # the loads below already saw are applied again, which is harmless.

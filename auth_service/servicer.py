@@ -28,7 +28,7 @@ from auth_service.refusals import RefusalAudit
 from auth_service.servicer_checks import RequestChecks, check_subject
 from auth_service.servicer_index import IndexedWrites
 from auth_service.servicer_stream import StreamAuth
-from auth_service.store import CapReached, NotOwner, TemplateStore
+from auth_service.store import CapReached, NotOwner, QuotaReached, TemplateStore
 from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         liveness: LivenessPolicy | None = None,
         refusals: RefusalAudit | None = None,
         grant_ttl_s: float = GRANT_TTL_S,
+        subjects_per_app: int | None = None,
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
         self.refusals = refusals or RefusalAudit(store)
@@ -71,6 +72,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         self.replies = ReplyCache(store, idempotency_ttl_s)
         self.guesses = guesses
         self.grants = GrantSigner(store, grant_ttl_s)  # signed opens for door controllers
+        self.subjects_per_app = subjects_per_app  # None: no quota (in-process use)
         self._init_indexes(index_config)
         metrics.watch_indexes(lambda: list(self._indexes.values()))
 
@@ -94,6 +96,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
                     space,
                     vecs,
                     MAX_TEMPLATES_PER_SUBJECT,
+                    None if caller.admin else self.subjects_per_app,
                 )
             except NotOwner as exc:
                 whose = "no app (it predates ownership)" if exc.owner is None else "another app"
@@ -108,6 +111,13 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
                     f"subject {subject!r} holds {exc.held} templates, at most "
                     f"{MAX_TEMPLATES_PER_SUBJECT} in all: rekey to replace them",
                 ) from None
+            except QuotaReached as exc:
+                raise RequestError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this app already holds {exc.held} enrolled subjects, the most one app "
+                    "may (--max-subjects-per-app): revoke subjects it no longer needs, or "
+                    "ask the admin to raise the quota",
+                ) from None
             self.store.audit(caller.device, "Enroll", key, f"{n} stored")
             return n
 
@@ -121,7 +131,8 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         key = subject_key(caller.scope, subject)
         probe = self.policy.check(req.probe)
         self.policy.allowed(req.probe.space, caller.scope)
-        audit = partial(self.store.audit, caller.device, "Verify", key)
+        # A refusal's row goes through the aggregating audit: one a second per device.
+        audit = partial(self.refusals.record, caller.device, caller.device, "Verify", key)
         self.liveness.check(caller.scope, req, audit)
         ticket = self._take(caller, key)
         tags, vecs = self.store.subject_templates(key)
@@ -163,7 +174,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         attempt = attempt_id(req)
         probe = self.policy.check(req.probe)
         self.policy.allowed(req.probe.space, caller.scope)
-        audit = partial(self.store.audit, caller.device, "Identify", None)
+        audit = partial(self.refusals.record, caller.device, caller.device, "Identify", None)
         self.liveness.check(caller.scope, req, audit)
         top_k = req.top_k or 1
         if not 1 <= top_k <= MAX_TOP_K:
@@ -227,7 +238,8 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
                 reply = fn(req)
         except RequestError as exc:
             self.metrics.refusals.labels(exc.code.name).inc()
-            self._audit_refusal(req.proof.device_id, name, exc)
+            if not exc.audited:
+                self._audit_refusal(req.proof.device_id, name, exc)
             context.abort(exc.code, str(exc))
         if name in ("Rekey", "Revoke"):  # committed: a rollback must not bring it back
             self.store.seal()

@@ -55,7 +55,8 @@ class StreamAuth:
                     out.identify.CopyFrom(self._identify(req))
             except RequestError as exc:
                 out.error_code, out.error_message = exc.code.value[0], str(exc)
-                self._audit_stream_refusal(probe, kind, exc, context)
+                if not exc.audited:
+                    self._audit_stream_refusal(probe, kind, exc, context)
             yield out
 
     def _audit_stream_refusal(self, probe, kind: str | None, exc: RequestError, context) -> None:

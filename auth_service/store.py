@@ -34,6 +34,7 @@ from auth_service.store_types import (  # noqa: F401
     CapReached,
     Gallery,
     NotOwner,
+    QuotaReached,
     ReplyConflict,
     StoreCorrupt,
     StoreError,
@@ -103,6 +104,8 @@ MIGRATIONS = (
     store_security.SQLITE_GENERATIONS,
     # 7: devices bound to their client certificate (store_security.py).
     store_security.SQLITE_DEVICE_CERTS,
+    # 8: subjects by owner, for the per-app quota (store_security.py).
+    store_security.OWNER_INDEX,
 )
 
 
@@ -190,12 +193,15 @@ class SqlStore(
         space: int,
         vectors: np.ndarray,
         cap: int,
+        quota: int | None = None,
     ) -> int:
         """Add templates as ``owner`` in one transaction: claim, ownership, cap, insert.
 
         A new subject is claimed for ``owner``; an existing one takes templates only from
         its owner (or ``admin``), and only up to ``cap`` in all. The subject is locked
-        first, so replicas enrolling it at once cannot both pass the cap check.
+        first, so replicas enrolling it at once cannot both pass the cap check. A subject
+        without templates counts against ``owner``'s ``quota`` of subjects (None: none),
+        checked under a lock on the owner, so concurrent claims cannot pass it together.
         """
         rows = _blob(vectors)
 
@@ -209,15 +215,18 @@ class SqlStore(
                     "SELECT COUNT(*) FROM templates WHERE subject_id = ?", (subject,)
                 ).fetchone()[0]
             )
-            if found is None and held == 0:
+            claim = found is None and held == 0
+            if not claim and not admin and (found is None or found[0] != owner):
+                raise NotOwner(None if found is None else found[0])
+            if held + len(rows) > cap:
+                raise CapReached(held)
+            if held == 0 and quota is not None:  # a new or revoked subject takes a place
+                self._check_quota(db, owner, quota)
+            if claim:
                 db.execute(
                     "INSERT INTO subject_owners VALUES (?, ?, ?, ?)",
                     (subject, owner, device, time.time()),
                 )
-            elif not admin and (found is None or found[0] != owner):
-                raise NotOwner(None if found is None else found[0])
-            if held + len(rows) > cap:
-                raise CapReached(held)
             return self._insert(db, subject, model, space, rows)
 
         return int(self._tx(run))

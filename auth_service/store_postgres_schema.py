@@ -64,6 +64,8 @@ MIGRATIONS = (
     store_security.POSTGRES_GENERATIONS,
     # 7: devices bound to their client certificate (store_security.py).
     store_security.POSTGRES_DEVICE_CERTS,
+    # 8: subjects by owner, for the per-app quota (store_security.py).
+    store_security.OWNER_INDEX,
 )
 
 

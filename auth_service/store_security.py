@@ -21,6 +21,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from auth_service.store_types import QuotaReached
+
 log = logging.getLogger(__name__)
 
 _OLD_DEFAULT_METHODS = "Enroll,Identify,Rekey,Verify"
@@ -70,15 +72,39 @@ POSTGRES_GENERATIONS = SQLITE_GENERATIONS.replace("BLOB", "BYTEA").replace("INTE
 # 7: a device may be bound to its TLS client certificate (SHA-256 of the DER).
 SQLITE_DEVICE_CERTS = "ALTER TABLE devices ADD COLUMN cert_sha256 BLOB;"
 POSTGRES_DEVICE_CERTS = SQLITE_DEVICE_CERTS.replace("BLOB", "BYTEA")
+# Enroll counts an app's subjects against its quota (auth_service/limits.py) inside the
+# write transaction: without the index that is a scan of every owner row in the store.
+OWNER_INDEX = "CREATE INDEX subject_owners_app ON subject_owners (app);"
+
+
+# The subjects an app has claimed, and those of them holding templates (a revoked subject
+# stays claimed by its app but takes no place in its quota).
+_CLAIMED_SQL = "SELECT COUNT(*) FROM subject_owners WHERE app = ?"
+_OWNED_SQL = (
+    "SELECT COUNT(*) FROM subject_owners o WHERE o.app = ? AND EXISTS "
+    "(SELECT 1 FROM templates t WHERE t.subject_id = o.subject_id)"
+)
 
 
 class SecurityStore:
-    """Mixin over ``SqlStore``: needs ``_read`` and ``_tx``."""
+    """Mixin over ``SqlStore``: needs ``_read``, ``_tx`` and ``_lock_subject``."""
 
     _read: Callable[[], AbstractContextManager[Any]]
     _tx: Callable
+    _lock_subject: Callable[[Any, str], None]
 
     # -- ownership ----------------------------------------------------------------
+    def _check_quota(self, db: Any, owner: str, quota: int) -> None:
+        """Raise QuotaReached if ``owner`` holds ``quota`` subjects (inside a write)."""
+        self._lock_subject(db, f"\x1fowner\x1f{owner}")  # concurrent claims queue here
+        # Claims bound the held subjects from above and count off the index alone; only
+        # near the quota are the revoked ones (claimed, without templates) left out.
+        held = int(db.execute(_CLAIMED_SQL, (owner,)).fetchone()[0])
+        if held >= quota:
+            held = int(db.execute(_OWNED_SQL, (owner,)).fetchone()[0])
+        if held >= quota:
+            raise QuotaReached(held)
+
     def subject_owner(self, subject: str) -> str | None:
         """Return the app that owns a subject, or None (never enrolled, or older)."""
         with self._read() as db:

@@ -56,6 +56,14 @@ class CapReached(StoreError):
         self.held = held
 
 
+class QuotaReached(StoreError):
+    """An app holds as many enrolled subjects as it may: a new one is refused."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(f"the app holds {held} subjects")
+        self.held = held
+
+
 class _RacedInsert(Exception):
     """Another service process recorded the same key first; roll back and read its reply."""
 
