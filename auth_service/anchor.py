@@ -19,6 +19,8 @@ has committed:
 - ``checkpoints``: the newest audit checkpoint this service signed, per writer (seq and
   chain head). The row at that seq must still be in the database with that hash, so an
   older copy of the database, or a chain cut back, is found.
+- ``timeline``: the database's timeline id (auth_service/store_generations.py), which must
+  not change under the anchor: only ``kfaar db accept-restore`` starts a new one.
 
 Why not the alternatives: a per-subject generation list grows with the subjects and is
 rewritten on every Rekey; deriving each subject's generation from the audit chain needs
@@ -75,6 +77,7 @@ class AnchorState:
 
     moves: int = 0
     checkpoints: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    timeline: str = ""  # hex; empty: the database had none when it was anchored
 
     def merged(self, newer: AnchorState) -> AnchorState:
         """Return the newer of each field: an anchor only moves forward."""
@@ -82,7 +85,7 @@ class AnchorState:
         for writer, (seq, head) in newer.checkpoints.items():
             if writer not in marks or seq > marks[writer][0]:
                 marks[writer] = (seq, head)
-        return AnchorState(max(self.moves, newer.moves), marks)
+        return AnchorState(max(self.moves, newer.moves), marks, newer.timeline or self.timeline)
 
     def describe(self) -> str:
         marks = ", ".join(f"{w} seq {s}" for w, (s, _) in sorted(self.checkpoints.items()))
@@ -107,7 +110,9 @@ def read(path: Path) -> AnchorState | None:
         if data.get("format") != FORMAT:
             raise ValueError(data.get("format"))
         marks = {str(w): (int(s), bytes.fromhex(h)) for w, (s, h) in data["checkpoints"].items()}
-        return AnchorState(int(data["moves"]), marks)
+        timeline = data.get("timeline", "")
+        bytes.fromhex(timeline)  # a ValueError (or TypeError) if it is not hex
+        return AnchorState(int(data["moves"]), marks, timeline)
     except (ValueError, TypeError, KeyError, AttributeError):
         raise AnchorError(
             f"{path} is not a kfaar rollback anchor: restore it, or run `kfaar db "
@@ -122,6 +127,7 @@ def write(path: Path, state: AnchorState) -> None:
         "format": FORMAT,
         "moves": state.moves,
         "checkpoints": {w: [s, h.hex()] for w, (s, h) in sorted(state.checkpoints.items())},
+        "timeline": state.timeline,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
     try:
@@ -156,7 +162,7 @@ class Anchor:
             found = self.store.latest_checkpoint(writer)
             if found is not None:
                 marks[writer] = found
-        return AnchorState(moves, marks)
+        return AnchorState(moves, marks, self.store.timeline(cached=False).hex())
 
     def behind(self, anchored: AnchorState, moves: tuple[int, list[str]]) -> list[str]:
         """Return how the database is older than ``anchored`` (nothing: an empty list).
@@ -174,6 +180,13 @@ class Anchor:
                 )
             elif found != head:
                 problems.append(f"audit row {writer!r} seq {seq} is not the one checkpointed")
+        timeline = self.store.timeline(cached=False).hex()
+        if anchored.timeline and timeline != anchored.timeline:
+            problems.append(
+                f"the database is on timeline {timeline or 'none'}, the anchor on "
+                f"{anchored.timeline} (a database from before a restore the operator accepted, "
+                "or another database on this key)"
+            )
         moves, forged = moves
         if moves < anchored.moves:
             why = (
