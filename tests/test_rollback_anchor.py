@@ -462,3 +462,26 @@ def test_rows_of_an_old_database_on_the_same_key_cannot_pay_for_a_rollback(tmp_p
     door.enroll("bob", unit(2))
     refused = _trade(site, door, sql, _rows(sql, "alice"), bob)  # before: alice verified True
     assert "not tagged by the service: 'bob'" in refused
+
+
+def test_the_abandoned_timeline_cannot_be_put_back_whole(tmp_path: Path) -> None:
+    from edge_agent.cli import main
+
+    db = tmp_path / "kfaar.db"
+    site, sql = Site(db), _sql_on(db, None)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    door.enroll("bob", unit(2))
+    _backup(db, tmp_path / "backup.db")
+    door.call("Rekey", auth_pb2.RekeyRequest(subject_id="bob", templates=[emb(unit(3))]))
+    alice, bob = _rows(sql, "alice"), _rows(sql, "bob")  # the abandoned timeline, whole
+    _stop(site)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    shutil.copyfile(tmp_path / "backup.db", db)
+    assert main(["db", "accept-restore", "--db", str(db)]) == 0
+    site.running = start(site.cfg)
+    door = site.reconnect(door)
+    sql("DELETE FROM subject_generations WHERE subject_id = ''")  # its timeline id too
+    refused = _trade(site, door, sql, alice, bob)  # every tag valid on the old timeline
+    assert "the database is on timeline none, the anchor on " in refused
