@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -152,12 +153,24 @@ def verify_grant(
 
 
 class SeenFile:
-    """The attempts that opened, kept in a JSON file, locked while one check runs."""
+    """The attempts that opened, kept in a JSON file, locked while one check runs.
+
+    The lock is a file beside it (``PATH.lock``), and a save replaces the file whole (a
+    temporary file, fsync, rename): a save that fails (a full disk, a power cut) leaves
+    the previous list, never an emptied or cut one that would let an open grant in again.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.path = Path(path)
+        self.fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # concurrent hook runs check one after another
-        text = os.read(self.fd, 1 << 24).decode(errors="replace") or "{}"
+        try:
+            text = self.path.read_bytes()[: 1 << 24].decode(errors="replace") or "{}"
+        except FileNotFoundError:
+            text = "{}"
+        except OSError:
+            os.close(self.fd)
+            raise
         try:
             seen = json.loads(text)
         except ValueError:
@@ -168,11 +181,24 @@ class SeenFile:
         self.seen: dict[str, int] = seen
 
     def save(self) -> None:
-        data = json.dumps(self.seen, sort_keys=True).encode()
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, data)
-        os.fsync(self.fd)
+        """Replace the file with the list now, or raise OSError and leave the old one."""
+        data = memoryview(json.dumps(self.seen, sort_keys=True).encode())
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")  # 0600
+        try:
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+            os.close(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself must survive a power cut
+        finally:
+            os.close(folder)
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
@@ -206,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             raise GrantRefused("the decision on stdin is not a JSON object")
         claims = verify_grant(decision.get("grant"), verify_key, args.device, time.time(),
                               seen.seen, args.scope, args.skew)  # fmt: skip
-        seen.save()
+        try:
+            seen.save()
+        except OSError as exc:  # an open not recorded could be replayed: stay shut
+            why = f"cannot record the attempt in {args.seen}: {exc.strerror}"
+            raise GrantRefused(why) from None
     except GrantRefused as exc:
         sys.stderr.write(f"refused: {exc}\n")
         return 1
