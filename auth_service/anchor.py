@@ -39,8 +39,8 @@ The anchor file itself may be removed or put back older (whoever restores the da
 may reach it too). The service keeps the newest state it wrote in memory, so while it runs
 the database is checked against that, whatever the file says, and the file is rewritten.
 At start, a missing anchor is refused when the database's audit chain records that this
-writer anchored it before at that path (a ``RollbackAnchor`` row, written when the anchor
-is created): the anchor was removed, not never made.
+writer anchored it before at that path (a ``RollbackAnchor`` row, written at the first
+start that anchors there): the anchor was removed, not never made.
 """
 
 from __future__ import annotations
@@ -256,11 +256,8 @@ class Anchor:
             )
             log.error("%s", self.warning)
             return
-        # Only until the chain has it: a fresh anchor (db init) names no checkpoint yet.
-        writer = self.store._writer()
-        if writer not in base.checkpoints and not self.store.audited(
-            writer, MARKER, self._marker()
-        ):
+        # Once per writer and path, also for an anchor made before this row existed.
+        if not self.store.audited(self.store._writer(), MARKER, self._marker()):
             self.store.audit(None, MARKER, None, self._marker())
         if anchored is None:
             log.info("created the rollback anchor %s", self.path)
