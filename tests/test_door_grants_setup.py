@@ -113,6 +113,21 @@ def test_grant_key_command_and_the_controller_cli(site, capsys, tmp_path) -> Non
     client.close()
 
 
+@pytest.mark.parametrize("skew", ["nan", "inf", "-1", "1e9"])
+def test_a_skew_out_of_range_is_a_usage_error(site, tmp_path, skew: str) -> None:
+    cam = site.client("cam-1")
+    cam.enroll("alice", unit(1))
+    client = edge_client(site, cam)
+    _, decision = decide(client, "alice", 1)
+    ran = _cli(json.dumps(decision).encode(), "--key", grant_key(site).hex(), "--device",
+               "cam-1", "--seen", str(tmp_path / "seen.json"), "--skew", skew)  # fmt: skip
+    # Before: nan and inf exit 1 with a traceback, -1 refused this fresh grant ("issued in
+    # the future"), 1e9 opened (and lets a grant a year past its expiry in).
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "(--skew) must be 0 to 60 s" in ran.stderr.decode() and b"Traceback" not in ran.stderr
+    client.close()
+
+
 def test_the_verifier_needs_nothing_of_kfaar() -> None:
     code = (
         "import importlib.util, sys\n"
