@@ -39,6 +39,7 @@ VERSION = 1
 SIGNATURE_BYTES = 64
 MAX_GRANT_BYTES = 2048  # ids are at most a few hundred bytes; anything longer is not ours
 DEFAULT_SKEW_S = 2.0  # clock difference tolerated between the service and the controller
+MAX_SKEW_S = 60.0  # more makes a grant's expiry (10 s by default) meaningless
 
 
 class GrantRefused(Exception):
@@ -58,6 +59,13 @@ def load_verify_key(text: str | bytes) -> nacl.signing.VerifyKey:
     if len(raw) != 32:
         raise ValueError("the grant verify key must be 32 bytes, in hex or base64")
     return nacl.signing.VerifyKey(raw)
+
+
+def check_skew(skew_s: float) -> float:
+    """Return a clock skew in seconds, or raise ValueError for one out of range (or NaN)."""
+    if not 0 <= skew_s <= MAX_SKEW_S:
+        raise ValueError(f"the clock skew (--skew) must be 0 to {MAX_SKEW_S:.0f} s, not {skew_s}")
+    return skew_s
 
 
 def key_id(verify_key: bytes) -> str:
@@ -137,7 +145,7 @@ def verify_grant(
     if scope is not None and claims["scope"] != scope:
         raise GrantRefused(f"the grant is for scope {claims['scope']!r}, not {scope!r}")
     now_ms = int((time.time() if now is None else now) * 1000)
-    skew_ms = int(skew_s * 1000)
+    skew_ms = int(check_skew(skew_s) * 1000)
     if now_ms > claims["exp"] + skew_ms:
         raise GrantRefused(f"the grant expired {now_ms - claims['exp']} ms ago")
     if claims["iat"] > now_ms + skew_ms:
@@ -219,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = args.key_file.read_text() if args.key_file else args.key
         verify_key = load_verify_key(text)
+        check_skew(args.skew)
         seen = SeenFile(args.seen)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"{p.prog}: error: {exc}\n")
