@@ -19,6 +19,8 @@ has committed:
 - ``checkpoints``: the newest audit checkpoint this service signed, per writer (seq and
   chain head). The row at that seq must still be in the database with that hash, so an
   older copy of the database, or a chain cut back, is found.
+- ``timeline``: the database's timeline id (auth_service/store_generations.py), which must
+  not change under the anchor: only ``kfaar db accept-restore`` starts a new one.
 
 Why not the alternatives: a per-subject generation list grows with the subjects and is
 rewritten on every Rekey; deriving each subject's generation from the audit chain needs
@@ -32,6 +34,13 @@ harmless, and replicas on one PostgreSQL each keep their own anchor, which the o
 writes only move the database past. It moves at start, after every Rekey, Revoke,
 UnregisterDevice and RevokeAppToken (with a checkpoint signed then), at each watchdog
 checkpoint and at stop. ``kfaar db accept-restore`` moves it back on purpose, audited.
+
+The anchor file itself may be removed or put back older (whoever restores the database
+may reach it too). The service keeps the newest state it wrote in memory, so while it runs
+the database is checked against that, whatever the file says, and the file is rewritten.
+At start, a missing anchor is refused when the database's audit chain records that this
+writer anchored it before at that path (a ``RollbackAnchor`` row, written at the first
+start that anchors there): the anchor was removed, not never made.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ log = logging.getLogger(__name__)
 
 ANCHOR_ENV = "KFAAR_ANCHOR_FILE"
 FORMAT = "kfaar-anchor/1"
+MARKER = "RollbackAnchor"  # the audit method of the row that says a writer anchored
 
 
 class StoreRolledBack(StoreError):
@@ -67,6 +77,7 @@ class AnchorState:
 
     moves: int = 0
     checkpoints: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    timeline: str = ""  # hex; empty: the database had none when it was anchored
 
     def merged(self, newer: AnchorState) -> AnchorState:
         """Return the newer of each field: an anchor only moves forward."""
@@ -74,7 +85,7 @@ class AnchorState:
         for writer, (seq, head) in newer.checkpoints.items():
             if writer not in marks or seq > marks[writer][0]:
                 marks[writer] = (seq, head)
-        return AnchorState(max(self.moves, newer.moves), marks)
+        return AnchorState(max(self.moves, newer.moves), marks, newer.timeline or self.timeline)
 
     def describe(self) -> str:
         marks = ", ".join(f"{w} seq {s}" for w, (s, _) in sorted(self.checkpoints.items()))
@@ -99,7 +110,9 @@ def read(path: Path) -> AnchorState | None:
         if data.get("format") != FORMAT:
             raise ValueError(data.get("format"))
         marks = {str(w): (int(s), bytes.fromhex(h)) for w, (s, h) in data["checkpoints"].items()}
-        return AnchorState(int(data["moves"]), marks)
+        timeline = data.get("timeline", "")
+        bytes.fromhex(timeline)  # a ValueError (or TypeError) if it is not hex
+        return AnchorState(int(data["moves"]), marks, timeline)
     except (ValueError, TypeError, KeyError, AttributeError):
         raise AnchorError(
             f"{path} is not a kfaar rollback anchor: restore it, or run `kfaar db "
@@ -114,6 +127,7 @@ def write(path: Path, state: AnchorState) -> None:
         "format": FORMAT,
         "moves": state.moves,
         "checkpoints": {w: [s, h.hex()] for w, (s, h) in sorted(state.checkpoints.items())},
+        "timeline": state.timeline,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
     try:
@@ -139,6 +153,7 @@ class Anchor:
         self.path, self.store = Path(path), store
         self.lock = threading.Lock()
         self.warning = ""  # set when the anchor cannot be written: served, but shown
+        self.known: AnchorState | None = None  # the newest state this process wrote
 
     def current(self, anchored: AnchorState, moves: int) -> AnchorState:
         """Return what the committed database holds now, for the writers worth anchoring."""
@@ -147,7 +162,7 @@ class Anchor:
             found = self.store.latest_checkpoint(writer)
             if found is not None:
                 marks[writer] = found
-        return AnchorState(moves, marks)
+        return AnchorState(moves, marks, self.store.timeline(cached=False).hex())
 
     def behind(self, anchored: AnchorState, moves: tuple[int, list[str]]) -> list[str]:
         """Return how the database is older than ``anchored`` (nothing: an empty list).
@@ -165,6 +180,13 @@ class Anchor:
                 )
             elif found != head:
                 problems.append(f"audit row {writer!r} seq {seq} is not the one checkpointed")
+        timeline = self.store.timeline(cached=False).hex()
+        if anchored.timeline and timeline != anchored.timeline:
+            problems.append(
+                f"the database is on timeline {timeline or 'none'}, the anchor on "
+                f"{anchored.timeline} (a database from before a restore the operator accepted, "
+                "or another database on this key)"
+            )
         moves, forged = moves
         if moves < anchored.moves:
             why = (
@@ -191,12 +213,38 @@ class Anchor:
         # database that lost a commit the anchor recorded would be refused.
         self.store.make_durable()
         write(self.path, state)
+        self.known = state
+
+    def _marker(self) -> str:
+        # The anchor's path in it: an operator moving the anchor elsewhere starts a new one.
+        return f"anchored by {self.path}"
+
+    def _missing(self) -> list[str]:
+        """Return why a missing anchor file is refused: this writer anchored the database."""
+        if not self.store.audited(self.store._writer(), MARKER, self._marker()):
+            return []  # never anchored (a database from before anchors): anchor it now
+        return [
+            f"the rollback anchor {self.path} is missing, yet the audit chain records that "
+            "this service anchored this database before (the anchor was removed)"
+        ]
+
+    def _anchored(self, anchored: AnchorState | None) -> AnchorState | None:
+        """Return the anchor file's state, never older than what this process wrote.
+
+        A file removed or put back older while the service runs must not let a rollback in.
+        """
+        if self.known is None:
+            return anchored
+        if anchored is None or anchored.merged(self.known) != anchored:
+            log.warning("the rollback anchor %s was removed or put back older", self.path)
+        return self.known if anchored is None else anchored.merged(self.known)
 
     def open(self) -> None:
         """At start: raise StoreRolledBack if the database is behind; else anchor it now."""
         anchored = read(self.path)
         moves = self.store.generation_moves(checked=True)
-        if anchored is not None and (problems := self.behind(anchored, moves)):
+        problems = self._missing() if anchored is None else self.behind(anchored, moves)
+        if problems:
             raise StoreRolledBack(self.refusal(problems))
         base = anchored or AnchorState()
         try:
@@ -208,14 +256,17 @@ class Anchor:
             )
             log.error("%s", self.warning)
             return
+        # Once per writer and path, also for an anchor made before this row existed.
+        if not self.store.audited(self.store._writer(), MARKER, self._marker()):
+            self.store.audit(None, MARKER, None, self._marker())
         if anchored is None:
             log.info("created the rollback anchor %s", self.path)
 
     def check(self) -> list[str]:
         """Return how the database is behind the anchor, counting only tagged generations."""
-        anchored = read(self.path)
+        anchored = self._anchored(read(self.path))
         if anchored is None:
-            return []
+            return self._missing()
         return self.behind(anchored, self.store.generation_moves(checked=True))
 
     def advance(self) -> None:
@@ -224,13 +275,14 @@ class Anchor:
         Call outside any transaction: the anchor must never get ahead of a commit.
         """
         with self.lock:
-            anchored = read(self.path) or AnchorState()
+            on_file = read(self.path)
+            anchored = self._anchored(on_file) or AnchorState()
             moves = self.store.generation_moves()  # one aggregate: this runs after each Rekey
             if problems := self.behind(anchored, moves):  # moving on would forget it
                 self.store.mark_faulty(self.refusal(problems))
                 return
             newer = anchored.merged(self.current(anchored, moves[0]))
-            if newer != anchored:
+            if newer != on_file:  # moved on, or the file was removed or put back older
                 self._write(newer)
 
     def accept(self) -> AnchorState:

@@ -93,6 +93,9 @@ def _accept(args: argparse.Namespace, key_path, open_postgres) -> int:
             store.audit(_operator(), "AcceptRestore", None, f"accepted a rollback: {what}")
             store.audit_checkpoint()
             sys.stdout.write(f"accepted, and audited: {what}\n")
+            # Rows kept from the abandoned timeline must not pass here (store_generations.py).
+            n = store.new_timeline()
+            sys.stdout.write(f"a new timeline: {n} generation rows re-tagged\n")
         state = anchor.accept()
     finally:
         store.close()

@@ -145,6 +145,13 @@ class AuditChain:
         if self.service_key is not None:
             self._tx(run)
 
+    def audited(self, writer: str, method: str, outcome: str) -> bool:
+        """Return whether ``writer``'s chain holds a row of ``method`` with ``outcome``."""
+        sql = "SELECT 1 FROM audit WHERE writer = ? AND method = ? AND outcome = ? LIMIT 1"
+        with self._read() as db:
+            row = db.execute(sql, (writer, method, outcome)).fetchone()
+        return row is not None
+
     def audit_row_hash(self, writer: str, seq: int) -> bytes | None:
         """Return the hash of ``writer``'s row ``seq``, or None when there is none."""
         with self._read() as db:

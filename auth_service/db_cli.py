@@ -95,6 +95,7 @@ def _init(args: argparse.Namespace) -> int:
     store = SqliteStore(args.db)
     store.service_key = key
     try:
+        store.new_timeline()  # rows of an old database on this key must not pass here
         version = store.schema_version
     finally:
         store.close()
@@ -172,7 +173,7 @@ def tag_untagged(store, key) -> int:
         for subject, gen in gens:  # written by a replica without a key
             db.execute(
                 "UPDATE subject_generations SET tag = ? WHERE subject_id = ?",
-                (key.generation_tag(subject, int(gen)), subject),
+                (key.generation_tag(subject, int(gen), store.timeline()), subject),
             )
         for rid, subject, model, space, vector, tag, gen in rows:
             vector = bytes(vector)

@@ -99,18 +99,26 @@ class ServiceKey:
             bytes(tag), self.tag(subject, model, space, vector, generation)
         )
 
-    def generation_tag(self, subject: str, generation: int) -> bytes:
-        """Return the HMAC-SHA256 tag of a subject's generation counter."""
+    def generation_tag(self, subject: str, generation: int, timeline: bytes = b"") -> bytes:
+        """Return the HMAC-SHA256 tag of a subject's generation counter on a timeline.
+
+        ``timeline`` is the database's (auth_service/store_generations.py): empty for one
+        that never had one, which gives the tags of before timelines.
+        """
         key = self._generation_key
         msg = subject.encode() + b"\0" + str(int(generation)).encode()
+        if timeline:
+            msg += b"\0t" + timeline
         return hmac.new(key, msg, hashlib.sha256).digest()
 
-    def check_generation(self, tag: bytes | None, subject: str, generation: int | None) -> bool:
+    def check_generation(
+        self, tag: bytes | None, subject: str, generation: int | None, timeline: bytes = b""
+    ) -> bool:
         """Return whether ``tag`` is this service's tag of the subject's generation."""
         return (
             tag is not None
             and generation is not None
-            and hmac.compare_digest(bytes(tag), self.generation_tag(subject, generation))
+            and hmac.compare_digest(bytes(tag), self.generation_tag(subject, generation, timeline))
         )
 
 

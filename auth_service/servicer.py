@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from auth_service.access_grant import DEFAULT_TTL_S as GRANT_TTL_S
 from auth_service.access_grant import GrantSigner
 from auth_service.admin import AdminServicer  # noqa: F401  (server.py imports it from here)
-from auth_service.authz import key_subject, subject_key
+from auth_service.authz import key_subject, shown, subject_key
 from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache, check_key
 from auth_service.index import IndexConfig
 from auth_service.interceptor import CALLER_ROLE, DeviceVerifier
@@ -186,19 +186,31 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         reply = auth_pb2.IdentifyReply(
             operating_point=point, decided_at=self.policy.decided_at(req.probe.space, single)
         )
-        for score, key in self.index(req.probe.space, caller.scope).search(probe, thr, top_k):
+        found = self.index(req.probe.space, caller.scope).search(probe, thr, top_k)
+        for score, key in found:
             c = reply.candidates.add(subject_id=key_subject(key))
             if CALLER_ROLE.get() == "admin":
                 c.score = score
         self.guesses.settle(ticket, bool(reply.candidates))
         if not reply.candidates:
             self.metrics.guess_failures.labels("Identify").inc()
-        if reply.candidates:  # the grant names the best match, the one a door lets in
+        # The grant names the best match, the one a door lets in, and only as the store
+        # holds it now: this replica's index may not have followed another's Revoke yet.
+        if found and self._still_matches(found[0][1], req.probe.space, probe, thr):
             best = reply.candidates[0].subject_id
             reply.access_grant = self.grants.issue(attempt, caller.device, caller.scope, best)
         outcome = f"{len(reply.candidates)} candidates"
         self.store.audit(caller.device, "Identify", None, outcome)
         return reply
+
+    def _still_matches(self, key: str, space: int, probe, threshold: float) -> bool:
+        """Return whether the store's templates of ``key`` match ``probe`` (Verify's rule)."""
+        tags, vecs = self.store.subject_templates(key)
+        usable = [i for i, t in enumerate(tags) if t == (self.policy.model, space)]
+        if usable and float((vecs[usable] @ probe).max()) >= threshold:
+            return True
+        log.warning("no grant: %s matched in the index but not in the store", shown(key))
+        return False
 
     def _revoke(self, req: auth_pb2.RevokeRequest) -> auth_pb2.RevokeReply:
         caller = self._caller(req)

@@ -10,11 +10,20 @@ Revoke removed: its tag names an older generation. Putting back the old generati
 as well passes these checks; the audit chain, which records the generation of every
 Rekey and Revoke, shows that (``kfaar audit verify``); the rollback anchor
 (auth_service/anchor.py) refuses it: the sum of the generations goes back.
+
+A generation row is valid on one timeline only. A restore the operator accepts (``kfaar
+db accept-restore``) and a new database on an old key (``kfaar db init``) start a new one,
+a random id kept in the reserved generation row ``""`` (no subject id is empty), and
+re-tag the valid generation rows under it. Without that, rows kept from the abandoned
+timeline (bob's generation 2, from before the restore) are tagged by the service and
+could pay for another subject's rollback while keeping the sum. A database that never
+had a timeline tags as before (an empty id).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -28,6 +37,7 @@ log = logging.getLogger(__name__)
 GENERATION_COLUMNS = "t.tag, t.generation, g.generation, g.tag"
 GENERATION_JOIN = "LEFT JOIN subject_generations g ON g.subject_id = t.subject_id"
 MOVES_BATCH = 20_000  # generation rows checked per read
+TIMELINE_ROW = ""  # the generation row holding the database's timeline id (its tag)
 
 
 class GenerationStore:
@@ -36,6 +46,58 @@ class GenerationStore:
     _read: Callable[[], AbstractContextManager[Any]]
     _tx: Callable
     service_key: ServiceKey | None = None
+    _timeline: bytes | None = None
+
+    def timeline(self, cached: bool = True) -> bytes:
+        """Return the database's timeline id (empty: it never had one).
+
+        Read once and kept: a running service serves the timeline it started on; the
+        anchor's check reads it afresh (``cached=False``).
+        """
+        if cached and self._timeline is not None:
+            return self._timeline
+        with self._read() as db:
+            row = db.execute(
+                "SELECT tag FROM subject_generations WHERE subject_id = ?", (TIMELINE_ROW,)
+            ).fetchone()
+        found = b"" if row is None or row[0] is None else bytes(row[0])
+        if cached:
+            self._timeline = found
+        return found
+
+    def new_timeline(self) -> int:
+        """Start a new timeline: re-tag the valid generation rows under a fresh id.
+
+        Rows whose tag is not valid now stay as they are (re-tagging must not launder a
+        forged row). Returns how many rows were re-tagged.
+        """
+        key = self.service_key
+        if key is None:
+            raise ValueError("a new timeline needs the service key")
+        old, new = self.timeline(cached=False), os.urandom(16)
+
+        def run(db: Any) -> int:
+            rows = db.execute(
+                "SELECT subject_id, generation, tag FROM subject_generations "
+                "WHERE subject_id <> ? AND tag IS NOT NULL",
+                (TIMELINE_ROW,),
+            ).fetchall()
+            updates = [
+                (key.generation_tag(s, int(g), new), s)
+                for s, g, t in rows
+                if key.check_generation(t, s, int(g), old)
+            ]
+            db.executemany("UPDATE subject_generations SET tag = ? WHERE subject_id = ?", updates)
+            db.execute(
+                "INSERT INTO subject_generations VALUES (?, 0, ?) ON CONFLICT (subject_id) "
+                "DO UPDATE SET generation = 0, tag = excluded.tag",
+                (TIMELINE_ROW, new),
+            )
+            return len(updates)
+
+        n = int(self._tx(run))
+        self._timeline = new
+        return n
 
     def _generation(self, db: Any, subject: str, move_on: bool) -> int:
         """Return the subject's generation; a new one when ``move_on`` or when it has none."""
@@ -49,7 +111,7 @@ class GenerationStore:
         db.execute(
             "INSERT INTO subject_generations VALUES (?, ?, ?) ON CONFLICT (subject_id) "
             "DO UPDATE SET generation = excluded.generation, tag = excluded.tag",
-            (subject, gen, key and key.generation_tag(subject, gen)),
+            (subject, gen, key and key.generation_tag(subject, gen, self.timeline())),
         )
         return gen
 
@@ -64,11 +126,11 @@ class GenerationStore:
         key = self.service_key
         if key is None:
             return [r[:4] for r in rows]
-        good, bad = [], set()
+        good, bad, timeline = [], set(), self.timeline()
         for subject, model, space, vector, tag, gen, current, gen_tag in rows:
             if (
                 gen == current
-                and key.check_generation(gen_tag, subject, current)
+                and key.check_generation(gen_tag, subject, current, timeline)
                 and key.check(tag, subject, model, space, bytes(vector), int(gen))
             ):
                 good.append((subject, model, space, vector))
@@ -97,7 +159,8 @@ class GenerationStore:
                     "WHERE tag IS NOT NULL AND generation > 0"
                 ).fetchone()
             return int(row[0]), []
-        key, moves, forged, after = self.service_key, 0, [], ""
+        key, moves, forged, after = self.service_key, 0, [], TIMELINE_ROW  # rows after it
+        timeline = self.timeline()
         while True:
             with self._read() as db:
                 rows = db.execute(
@@ -106,7 +169,7 @@ class GenerationStore:
                     (after, MOVES_BATCH),
                 ).fetchall()
             for subject, gen, tag in rows:
-                if int(gen) > 0 and key.check_generation(tag, subject, int(gen)):
+                if int(gen) > 0 and key.check_generation(tag, subject, int(gen), timeline):
                     moves += int(gen) - 1
                 else:
                     forged.append(repr(subject))

@@ -166,6 +166,8 @@ class PostgresStore(SqlStore):
         """
         subjects: list[str] = []
         chunks: list[bytes] = []
+        if self.service_key is not None:
+            self.timeline()  # read (and kept) before the cursor holds a connection
         with self._connection() as db, db.conn.transaction():
             db.execute("SET LOCAL statement_timeout = 0")  # longer than any one call
             with db.conn.cursor(name="kfaar_gallery", binary=True) as cur:

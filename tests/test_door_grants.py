@@ -8,6 +8,7 @@ checks each webhook with the standalone deploy/door_controller/verify_grant.py.
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import pytest
@@ -184,4 +185,42 @@ def test_streamed_decisions_carry_grants_on_accepts_only(site) -> None:
     assert not out[2].verify.match and out[2].verify.access_grant == b""
     third = claims_of(out[3].identify.access_grant)
     assert third["subject"] == "alice" and third["attempt"] != first["attempt"]
+    client.close()
+
+
+def test_a_failed_save_of_the_seen_file_never_forgets_an_open(
+    site, tmp_path, monkeypatch, capsys
+) -> None:
+    import contextlib
+    import errno
+    import io
+    import sys
+
+    cam = site.client("cam-1")
+    cam.enroll("alice", unit(1))
+    client = edge_client(site, cam)
+    (first, _), (second, _) = decide(client, "alice", 1), decide(client, "alice", 1)
+    argv = ["--key", grant_key(site).hex(), "--device", "cam-1", "--seen", str(tmp_path / "s")]
+
+    def check(reply) -> int:
+        body = json.dumps({"grant": base64.b64encode(reply.access_grant).decode()}).encode()
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+        return vg.main(argv)
+
+    assert check(first) == 0  # opens, and the seen file records it
+    real_write, failed = vg.os.write, []
+
+    def disk_full(fd: int, data: bytes) -> int:
+        failed.append(len(data))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vg.os, "write", disk_full)
+    with contextlib.suppress(OSError):  # before: a traceback, which exits 1 too
+        assert check(second) == 1  # cannot record the second attempt: it must not open
+    assert failed, "the fault was never hit"
+    said = capsys.readouterr().err
+    monkeypatch.setattr(vg.os, "write", real_write)
+    # Before: the save truncated the file first, so the first grant opened a second time.
+    assert check(first) == 1 and "a replay" in capsys.readouterr().err
+    assert "cannot record" in said
     client.close()

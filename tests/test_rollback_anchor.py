@@ -341,3 +341,147 @@ def test_db_init_gives_a_new_database_a_fresh_anchor(tmp_path: Path) -> None:
     assert anchor.read(path) == anchor.AnchorState() and path.stat().st_mode & 0o777 == 0o600
     site.running = start(site.cfg)  # not refused by the old database's anchor
     _stop(site)
+
+
+# -- (e) the anchor file itself removed or put back --------------------------------------
+def test_a_removed_anchor_does_not_let_a_restored_backup_in(tmp_path: Path, capsys) -> None:
+    from auth_service import anchor
+    from edge_agent.cli import main
+
+    db = tmp_path / "kfaar.db"
+    site = Site(db)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    backup = tmp_path / "backup.db"
+    _backup(db, backup)
+    _revoke(site, door, "alice")
+    _stop(site)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+    anchor.default_path(f"{db}.key").unlink()  # the thief removes the anchor too
+
+    refused = _refused(site, door, "alice", unit(1))  # before: re-created, alice verified
+    assert "rollback anchor" in refused and "is missing" in refused
+    assert "accept-restore" in refused
+    assert main(["db", "accept-restore", "--db", str(db)]) == 0  # the operator's way back
+    assert "accepted, and audited: " in capsys.readouterr().out
+    rows = _sql_on(db, None)("SELECT method, outcome FROM audit")
+    assert [m for m, o in rows if m == "AcceptRestore" and "is missing" in o] == ["AcceptRestore"]
+    site.running = start(site.cfg)
+    _stop(site)
+
+
+@pytest.mark.parametrize("how", ["removed", "put back older"])
+def test_an_anchor_tampered_with_under_a_running_service_still_catches_a_rollback(
+    tmp_path: Path, how: str
+) -> None:
+    from auth_service import anchor
+
+    site = Site(tmp_path / "kfaar.db")
+    sql = _sql_on(tmp_path / "kfaar.db", None)
+    path = anchor.default_path(tmp_path / "kfaar.db.key")
+    try:
+        door = site.client("door")
+        door.enroll("alice", unit(1))
+        saved = sql(f"SELECT {_ROW} FROM templates")
+        gens = sql("SELECT subject_id, generation, tag FROM subject_generations")
+        old = path.read_bytes()
+        _revoke(site, door, "alice")
+        if how == "removed":
+            path.unlink()
+        else:
+            path.write_bytes(old)
+        _put_back(sql, saved, gens)
+        site.running.watchdog.check_anchor()  # before: nothing behind an absent/old anchor
+        status, reason = _health(site.running.port)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING, "the rollback was served"
+        assert "generations went back" in reason
+        assert code(lambda: door.verify("alice", unit(1))) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        _stop(site)
+
+
+# -- (f) a rollback paid for with rows of another timeline on the same key ---------------
+def _rows(sql, subject: str) -> tuple[list[tuple], list[tuple]]:
+    """Copy a subject's template rows and generation row, as the thief does."""
+    rows = sql(f"SELECT {_ROW} FROM templates WHERE subject_id = ?", (subject,))
+    gens = sql("SELECT subject_id, generation, tag FROM subject_generations WHERE subject_id = ?",
+               (subject,))  # fmt: skip
+    return rows, gens
+
+
+def _trade(site: Site, door, sql, alice: tuple, bob: tuple) -> str:
+    """Revoke alice, then put her rows back and pay her move with bob's newer rows."""
+    _revoke(site, door, "alice")
+    _stop(site)
+    sql("DELETE FROM templates WHERE subject_id = 'bob'")
+    _put_back(sql, alice[0] + bob[0], alice[1] + bob[1])  # alice -1, bob +1: the sum kept
+    return _refused(site, door, "alice", unit(1))
+
+
+def test_rows_from_before_an_accepted_restore_cannot_pay_for_a_rollback(tmp_path: Path) -> None:
+    from edge_agent.cli import main
+
+    db = tmp_path / "kfaar.db"
+    site, sql = Site(db), _sql_on(db, None)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    door.enroll("bob", unit(2))
+    _backup(db, tmp_path / "backup.db")
+    door.call("Rekey", auth_pb2.RekeyRequest(subject_id="bob", templates=[emb(unit(3))]))
+    bob = _rows(sql, "bob")  # generation 2, on the timeline the restore abandons
+    _stop(site)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    shutil.copyfile(tmp_path / "backup.db", db)
+    assert main(["db", "accept-restore", "--db", str(db)]) == 0  # the operator's restore
+    site.running = start(site.cfg)
+    door = site.reconnect(door)
+    refused = _trade(site, door, sql, _rows(sql, "alice"), bob)  # before: alice verified True
+    assert "not tagged by the service: 'bob'" in refused
+
+
+def test_rows_of_an_old_database_on_the_same_key_cannot_pay_for_a_rollback(tmp_path: Path):
+    from edge_agent.cli import main
+
+    db = tmp_path / "kfaar.db"
+    site, sql = Site(db), _sql_on(db, None)
+    door = site.client("door")
+    door.enroll("bob", unit(2))
+    for i in range(2):
+        door.call("Rekey", auth_pb2.RekeyRequest(subject_id="bob", templates=[emb(unit(3 + i))]))
+    bob = _rows(sql, "bob")  # generation 3 in the old database
+    _stop(site)
+    for extra in ("", "-wal", "-shm"):  # the operator starts over on the same key
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    assert main(["db", "init", "--db", str(db)]) == 0
+    site = Site(db)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    door.enroll("bob", unit(2))
+    refused = _trade(site, door, sql, _rows(sql, "alice"), bob)  # before: alice verified True
+    assert "not tagged by the service: 'bob'" in refused
+
+
+def test_the_abandoned_timeline_cannot_be_put_back_whole(tmp_path: Path) -> None:
+    from edge_agent.cli import main
+
+    db = tmp_path / "kfaar.db"
+    site, sql = Site(db), _sql_on(db, None)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    door.enroll("bob", unit(2))
+    _backup(db, tmp_path / "backup.db")
+    door.call("Rekey", auth_pb2.RekeyRequest(subject_id="bob", templates=[emb(unit(3))]))
+    alice, bob = _rows(sql, "alice"), _rows(sql, "bob")  # the abandoned timeline, whole
+    _stop(site)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    shutil.copyfile(tmp_path / "backup.db", db)
+    assert main(["db", "accept-restore", "--db", str(db)]) == 0
+    site.running = start(site.cfg)
+    door = site.reconnect(door)
+    sql("DELETE FROM subject_generations WHERE subject_id = ''")  # its timeline id too
+    refused = _trade(site, door, sql, alice, bob)  # every tag valid on the old timeline
+    assert "the database is on timeline none, the anchor on " in refused

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -38,6 +39,7 @@ VERSION = 1
 SIGNATURE_BYTES = 64
 MAX_GRANT_BYTES = 2048  # ids are at most a few hundred bytes; anything longer is not ours
 DEFAULT_SKEW_S = 2.0  # clock difference tolerated between the service and the controller
+MAX_SKEW_S = 60.0  # more makes a grant's expiry (10 s by default) meaningless
 
 
 class GrantRefused(Exception):
@@ -57,6 +59,13 @@ def load_verify_key(text: str | bytes) -> nacl.signing.VerifyKey:
     if len(raw) != 32:
         raise ValueError("the grant verify key must be 32 bytes, in hex or base64")
     return nacl.signing.VerifyKey(raw)
+
+
+def check_skew(skew_s: float) -> float:
+    """Return a clock skew in seconds, or raise ValueError for one out of range (or NaN)."""
+    if not 0 <= skew_s <= MAX_SKEW_S:
+        raise ValueError(f"the clock skew (--skew) must be 0 to {MAX_SKEW_S:.0f} s, not {skew_s}")
+    return skew_s
 
 
 def key_id(verify_key: bytes) -> str:
@@ -136,7 +145,7 @@ def verify_grant(
     if scope is not None and claims["scope"] != scope:
         raise GrantRefused(f"the grant is for scope {claims['scope']!r}, not {scope!r}")
     now_ms = int((time.time() if now is None else now) * 1000)
-    skew_ms = int(skew_s * 1000)
+    skew_ms = int(check_skew(skew_s) * 1000)
     if now_ms > claims["exp"] + skew_ms:
         raise GrantRefused(f"the grant expired {now_ms - claims['exp']} ms ago")
     if claims["iat"] > now_ms + skew_ms:
@@ -152,12 +161,24 @@ def verify_grant(
 
 
 class SeenFile:
-    """The attempts that opened, kept in a JSON file, locked while one check runs."""
+    """The attempts that opened, kept in a JSON file, locked while one check runs.
+
+    The lock is a file beside it (``PATH.lock``), and a save replaces the file whole (a
+    temporary file, fsync, rename): a save that fails (a full disk, a power cut) leaves
+    the previous list, never an emptied or cut one that would let an open grant in again.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.path = Path(path)
+        self.fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # concurrent hook runs check one after another
-        text = os.read(self.fd, 1 << 24).decode(errors="replace") or "{}"
+        try:
+            text = self.path.read_bytes()[: 1 << 24].decode(errors="replace") or "{}"
+        except FileNotFoundError:
+            text = "{}"
+        except OSError:
+            os.close(self.fd)
+            raise
         try:
             seen = json.loads(text)
         except ValueError:
@@ -168,11 +189,24 @@ class SeenFile:
         self.seen: dict[str, int] = seen
 
     def save(self) -> None:
-        data = json.dumps(self.seen, sort_keys=True).encode()
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, data)
-        os.fsync(self.fd)
+        """Replace the file with the list now, or raise OSError and leave the old one."""
+        data = memoryview(json.dumps(self.seen, sort_keys=True).encode())
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")  # 0600
+        try:
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+            os.close(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself must survive a power cut
+        finally:
+            os.close(folder)
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
@@ -193,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = args.key_file.read_text() if args.key_file else args.key
         verify_key = load_verify_key(text)
+        check_skew(args.skew)
         seen = SeenFile(args.seen)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"{p.prog}: error: {exc}\n")
@@ -206,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             raise GrantRefused("the decision on stdin is not a JSON object")
         claims = verify_grant(decision.get("grant"), verify_key, args.device, time.time(),
                               seen.seen, args.scope, args.skew)  # fmt: skip
-        seen.save()
+        try:
+            seen.save()
+        except OSError as exc:  # an open not recorded could be replayed: stay shut
+            why = f"cannot record the attempt in {args.seen}: {exc.strerror}"
+            raise GrantRefused(why) from None
     except GrantRefused as exc:
         sys.stderr.write(f"refused: {exc}\n")
         return 1
