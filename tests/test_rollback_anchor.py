@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authz_kit import Site, code, emb, unit
+from authz_kit import Client, Site, code, emb, unit
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_service.server import start
@@ -69,6 +69,23 @@ def _backup(db: Path, to: Path) -> None:
     live.close()
 
 
+def _restore_after_revoke(tmp_path: Path) -> tuple[Path, Site, Client]:
+    """Enroll alice, back up, revoke her, stop, and put the backup back as the database."""
+    db = tmp_path / "kfaar.db"
+    site = Site(db)
+    door = site.client("door")
+    door.enroll("alice", unit(1))
+    backup = tmp_path / "backup.db"
+    _backup(db, backup)
+    _revoke(site, door, "alice")
+    assert code(lambda: door.verify("alice", unit(1))) == grpc.StatusCode.NOT_FOUND
+    _stop(site)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    shutil.copyfile(backup, db)  # the thief (or the operator) restores the old file
+    return db, site, door
+
+
 def _refused(site: Site, door, subject: str, face) -> str:
     """Restart the service; return why it refused, or fail saying what it served."""
     try:
@@ -98,18 +115,7 @@ def _put_back(sql, rows: list[tuple], gens: list[tuple]) -> None:
 def test_a_restored_backup_of_the_whole_database_is_refused(tmp_path: Path, capsys) -> None:
     from edge_agent.cli import main
 
-    db = tmp_path / "kfaar.db"
-    site = Site(db)
-    door = site.client("door")
-    door.enroll("alice", unit(1))
-    backup = tmp_path / "backup.db"
-    _backup(db, backup)
-    _revoke(site, door, "alice")
-    assert code(lambda: door.verify("alice", unit(1))) == grpc.StatusCode.NOT_FOUND
-    _stop(site)
-    for extra in ("-wal", "-shm"):
-        Path(f"{db}{extra}").unlink(missing_ok=True)
-    shutil.copyfile(backup, db)  # the thief restores the old file
+    db, site, door = _restore_after_revoke(tmp_path)
 
     refused = _refused(site, door, "alice", unit(1))  # before: alice verified again
     assert "older than its rollback anchor" in refused and "generations went back" in refused
@@ -275,17 +281,7 @@ def test_a_replica_behind_another_replicas_writes_is_not_refused(postgres_url: s
 def test_accept_restore_re_anchors_and_is_audited(tmp_path: Path, capsys) -> None:
     from edge_agent.cli import main
 
-    db = tmp_path / "kfaar.db"
-    site = Site(db)
-    door = site.client("door")
-    door.enroll("alice", unit(1))
-    backup = tmp_path / "backup.db"
-    _backup(db, backup)
-    _revoke(site, door, "alice")
-    _stop(site)
-    for extra in ("-wal", "-shm"):
-        Path(f"{db}{extra}").unlink(missing_ok=True)
-    shutil.copyfile(backup, db)
+    db, site, door = _restore_after_revoke(tmp_path)
     assert main(["db", "accept-restore", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "accepted, and audited: " in out and "generations went back" in out
@@ -348,17 +344,7 @@ def test_a_removed_anchor_does_not_let_a_restored_backup_in(tmp_path: Path, caps
     from auth_service import anchor
     from edge_agent.cli import main
 
-    db = tmp_path / "kfaar.db"
-    site = Site(db)
-    door = site.client("door")
-    door.enroll("alice", unit(1))
-    backup = tmp_path / "backup.db"
-    _backup(db, backup)
-    _revoke(site, door, "alice")
-    _stop(site)
-    for extra in ("-wal", "-shm"):
-        Path(f"{db}{extra}").unlink(missing_ok=True)
-    shutil.copyfile(backup, db)
+    db, site, door = _restore_after_revoke(tmp_path)
     anchor.default_path(f"{db}.key").unlink()  # the thief removes the anchor too
 
     refused = _refused(site, door, "alice", unit(1))  # before: re-created, alice verified
