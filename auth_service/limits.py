@@ -110,8 +110,8 @@ class CallRate:
 
     In memory, per replica: N replicas behind a balancer let a device make N times the
     rate. Only devices whose proof verified get a bucket, and a bucket that has filled up
-    again is forgotten (a fresh one is the same), so memory stays with the devices active
-    in the last ``burst / rate`` seconds, a few of which the registry holds.
+    again is forgotten (a fresh one is the same): memory holds registered devices that
+    called in the last two ``burst / rate`` periods, however many ids an attacker makes up.
     """
 
     def __init__(
@@ -124,8 +124,8 @@ class CallRate:
 
     def take(self, device: str) -> float:
         """Spend one call of ``device``; return 0, or the seconds until it may call again."""
-        now = self.clock()
-        with self._lock:
+        with self._lock:  # the clock read inside: buckets never see time run backwards
+            now = self.clock()
             if now - self._swept >= self.burst / self.rate:
                 self._sweep(now)
             left, at = self._buckets.get(device, (self.burst, now))
@@ -154,6 +154,7 @@ class CallRate:
             del self._buckets[device]
 
     def __len__(self) -> int:
+        """Return how many devices hold a bucket now."""
         with self._lock:
             return len(self._buckets)
 
