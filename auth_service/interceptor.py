@@ -6,8 +6,9 @@ proofs are checked on the deserialized request, so the interceptor wraps each un
 handler; stream probes are checked one by one by the servicer with the same verifier.
 Then the token's grant is checked against the device and method (auth_service/authz.py);
 a token issued without devices and not shared is bound to the first device that signs
-with it. Every refusal is audited, at most one row a second per caller
-(auth_service/refusals.py).
+with it. Then the device's call rate is charged (auth_service/limits.py; not the admin
+token's calls), after authentication, so only registered devices get a bucket. Every
+refusal is audited, at most one row a second per caller (auth_service/refusals.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from auth_service.authz import (
     Grant,
     authorize,
 )
-from auth_service.limits import StreamSlots
+from auth_service.limits import CallRate, StreamSlots
 from auth_service.proof import NonceCache, ProofError, StoredNonces, verify
 from auth_service.refusals import RefusalAudit, peer_ip, quoted
 from auth_service.store import StoreUnavailable, TemplateStore
@@ -121,10 +122,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         admin_hash: bytes | None,
         refusals: RefusalAudit | None = None,
         streams: StreamSlots | None = None,
+        call_rate: CallRate | None = None,
     ):
         self.store, self.verifier, self.admin_hash = store, verifier, admin_hash
         self.refusals = refusals or RefusalAudit(store)
-        self.streams = streams
+        self.streams, self.call_rate = streams, call_rate
 
     def _grant(self, metadata: tuple | None) -> Grant | None:
         token = bearer(metadata)
@@ -199,6 +201,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 except AuthzError as exc:
                     log.info("refused %s: %s", method, exc)
                     self.refused(context, device, name, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                rate = self.call_rate
+                if rate is not None and not grant.admin and (wait := rate.take(device)):
+                    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                    self.refused(context, device, name, code, rate.refusal(wait))
             CALLER_ROLE.set(role)
             return inner(request, context)
 

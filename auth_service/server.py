@@ -25,7 +25,7 @@ from auth_service.idempotency import DEFAULT_TTL_S
 from auth_service.index import IndexConfig
 from auth_service.index_sync import IndexFollower, SyncConfig
 from auth_service.interceptor import AuthInterceptor, DeviceVerifier, token_hash
-from auth_service.limits import ResourceLimits, StreamSlots
+from auth_service.limits import CallRate, ResourceLimits, StreamSlots
 from auth_service.liveness_policy import LivenessPolicy
 from auth_service.metrics import Metrics, MetricsInterceptor
 from auth_service.proof import DEFAULT_WINDOW_MS, StoredNonces
@@ -99,7 +99,7 @@ class ServerConfig:
     grant_ttl_s: float = GRANT_TTL_S
     # The rollback anchor (auth_service/anchor.py); None: SERVICE_KEY_FILE.anchor beside it.
     anchor_file: Path | None = None
-    # What one token may hold: streams open at once, subjects enrolled (auth_service/limits.py).
+    # What one caller may hold: streams, subjects, calls a second (auth_service/limits.py).
     limits: ResourceLimits = field(default_factory=ResourceLimits)
 
 
@@ -113,6 +113,7 @@ class Running:
     follower: IndexFollower
     watchdog: Watchdog | None = None
     refusals: RefusalAudit | None = None
+    call_rate: CallRate | None = None  # calls per device (auth_service/limits.py)
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain: refuse new calls, let running ones finish for ``grace`` seconds."""
@@ -211,11 +212,12 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     verifier = DeviceVerifier(store, StoredNonces(store, cfg.window_ms))
     admin_hash = token_hash(cfg.admin_token) if cfg.admin_token else None
     streams = StreamSlots(cfg.limits.streams_per_token, cfg.limits.total_streams(cfg.workers))
+    rate = CallRate(cfg.limits.device_rate, cfg.limits.device_burst)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers),
         interceptors=[
             MetricsInterceptor(metrics),
-            AuthInterceptor(store, verifier, admin_hash, refusals, streams),
+            AuthInterceptor(store, verifier, admin_hash, refusals, streams, rate),
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -238,6 +240,7 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
         refusals=refusals,
         grant_ttl_s=cfg.grant_ttl_s,
         subjects_per_app=cfg.limits.subjects_per_app,
+        call_rate=rate,
     )
     # Changes committed after this point reach the indexes through the follower; the ones
     # the loads below already saw are applied again, which is harmless.
@@ -280,7 +283,9 @@ def start(cfg: ServerConfig, store: TemplateStore | None = None) -> Running:
     watchdog.start()
     log.info("serving on %s:%d (%s)", cfg.host, port, "TLS" if cfg.tls else "plaintext")
     log.info("%s", cfg.policy.describe())
-    return Running(server, port, store, health_servicer, metrics, follower, watchdog, refusals)
+    return Running(
+        server, port, store, health_servicer, metrics, follower, watchdog, refusals, rate
+    )
 
 
 def serve_forever(cfg: ServerConfig, grace: float = 5.0) -> None:

@@ -15,6 +15,7 @@ from auth_service.authz import key_subject, shown, subject_key
 from auth_service.idempotency import DEFAULT_TTL_S, WRITES, ReplyCache, check_key
 from auth_service.index import IndexConfig
 from auth_service.interceptor import CALLER_ROLE, DeviceVerifier
+from auth_service.limits import CallRate
 from auth_service.liveness_policy import LivenessPolicy
 from auth_service.metrics import Metrics
 from auth_service.policy import (  # noqa: F401  (Policy and RequestError are imported from here)
@@ -65,6 +66,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         refusals: RefusalAudit | None = None,
         grant_ttl_s: float = GRANT_TTL_S,
         subjects_per_app: int | None = None,
+        call_rate: CallRate | None = None,
     ) -> None:
         self.store, self.policy, self.verifier, self.metrics = store, policy, verifier, metrics
         self.refusals = refusals or RefusalAudit(store)
@@ -73,6 +75,7 @@ class AuthServicer(IndexedWrites, RequestChecks, StreamAuth, auth_pb2_grpc.AuthS
         self.guesses = guesses
         self.grants = GrantSigner(store, grant_ttl_s)  # signed opens for door controllers
         self.subjects_per_app = subjects_per_app  # None: no quota (in-process use)
+        self.call_rate = call_rate  # streamed probes' rate; unary calls: the interceptor's
         self._init_indexes(index_config)
         metrics.watch_indexes(lambda: list(self._indexes.values()))
 

@@ -8,6 +8,7 @@ import grpc
 
 from auth_service.authz import CALLER, GRANT, AuthzError, Caller, authorize
 from auth_service.interceptor import DeviceVerifier, bind_grant, check_channel_cert
+from auth_service.limits import CallRate
 from auth_service.policy import RequestError
 from auth_service.proof import ProofError
 from auth_service.refusals import RefusalAudit
@@ -21,6 +22,7 @@ class StreamAuth:
     store: TemplateStore
     verifier: DeviceVerifier
     refusals: RefusalAudit
+    call_rate: CallRate | None
     _verify: Callable[[auth_pb2.VerifyRequest], auth_pb2.VerifyReply]
     _identify: Callable[[auth_pb2.IdentifyRequest], auth_pb2.IdentifyReply]
 
@@ -48,6 +50,7 @@ class StreamAuth:
                         caller = authorize(grant, device, scope, kind.capitalize())
                 except AuthzError as exc:
                     raise RequestError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+                self._charge_rate(grant, device)
                 CALLER.set(caller)
                 if kind == "verify":
                     out.verify.CopyFrom(self._verify(req))
@@ -58,6 +61,12 @@ class StreamAuth:
                 if not exc.audited:
                     self._audit_stream_refusal(probe, kind, exc, context)
             yield out
+
+    def _charge_rate(self, grant, device: str) -> None:
+        """Charge a probe to its device's call rate, like a unary call (the admin: free)."""
+        rate, admin = self.call_rate, grant is not None and grant.admin
+        if rate is not None and not admin and (wait := rate.take(device)):
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, rate.refusal(wait))
 
     def _audit_stream_refusal(self, probe, kind: str | None, exc: RequestError, context) -> None:
         """Audit a refused probe like a refused call (aggregated per device or peer)."""

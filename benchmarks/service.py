@@ -24,6 +24,7 @@ import nacl.signing
 import numpy as np
 
 from auth_service import service_key
+from auth_service.limits import ResourceLimits
 from auth_service.proof import sign
 from auth_service.ratelimit import Budget, GuessBudgets
 from auth_service.server import ServerConfig, start
@@ -65,9 +66,11 @@ def serve_kfaar(port: int, db: str, ready) -> None:
     # One device verifies one subject up to 64 calls at once: more in flight than the pair
     # burst (5) lets in, since each call reserves a unit until it is decided. Roomy budgets
     # still reserve and refund every call, so their cost is measured; never a refusal.
+    # Likewise a call rate one device never reaches (it sends hundreds a second).
     roomy = GuessBudgets(*(Budget(1e9, 1e9) for _ in range(4)))
+    rate = ResourceLimits(device_rate=1e9, device_burst=10**9)
     cfg = ServerConfig(Path(db), Policy("hpvfg/1.0.0", {VIRTUAL: 0.9454}), port=port,
-                       admin_token=ADMIN, guess=roomy)  # fmt: skip
+                       admin_token=ADMIN, guess=roomy, limits=rate)  # fmt: skip
     running = start(cfg)  # keep the reference: a collected grpc.Server stops
     ready.set()
     running.server.wait_for_termination()

@@ -8,6 +8,7 @@ import grpc
 import nacl.signing
 import numpy as np
 
+from auth_service.limits import ResourceLimits
 from auth_service.proof import sign
 from auth_service.ratelimit import Budget, GuessBudgets
 from auth_service.server import Running, ServerConfig, TLSFiles, start
@@ -25,6 +26,9 @@ ENROLLER = ("Enroll", "Verify", "Identify", "Rekey")
 BUDGETS = GuessBudgets(
     device=Budget(20, 1), token=Budget(40, 1), subject=Budget(12, 1), pair=Budget(4, 1)
 )
+# A call rate no test reaches, for tests that send many calls from one device on purpose
+# (throughput, races, floods of refusals); every other test runs `kfaar serve`'s default.
+ROOMY_RATE = ResourceLimits(device_rate=1e9, device_burst=10**9)
 
 
 def unit(seed: int) -> np.ndarray:
@@ -89,6 +93,7 @@ class Site:
         tls: TLSFiles | None = None,
         creds: grpc.ChannelCredentials | None = None,
         workers: int = 4,
+        limits: ResourceLimits | None = None,
     ):
         self.creds = creds  # what every channel of this site presents (TLS, mTLS)
         self.cfg = ServerConfig(
@@ -102,6 +107,7 @@ class Site:
             tls=tls,
             # Replicas on one PostgreSQL share one service key (serve refuses none).
             service_key_file=db.parent / "pg-service.key" if db_url else None,
+            limits=limits or ResourceLimits(),
         )
         self.running: Running = start(self.cfg)
         self.keys: dict[str, nacl.signing.SigningKey] = {}

@@ -31,6 +31,7 @@ from edge_agent.hpvfg import Bundle
 from kfaar_pb.v1 import auth_pb2, common_pb2
 
 SYNC_BOUND_S = 1.0  # a write older than this must show in Identify on every replica
+# Guess budgets no soak reaches; the call rate is fault_kit.ROOMY_RATE, set for every Server.
 ROOMY = "device=1000000/1000000,token=1000000/1000000,subject=1000000/1000000,pair=1000000/1000000"
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auth_service.limits import ResourceLimits
 from auth_service.server import Running, ServerConfig, TLSFiles, start
 from auth_service.servicer import Policy
 from auth_service.store_sqlite import SqliteStore
@@ -45,7 +46,11 @@ def _replicas(tmp_path: Path, n: int, tls: TLSFiles | None = None) -> list[Runni
     """Start ``n`` replicas on free loopback ports, all over one store."""
     store = SqliteStore(tmp_path / "kfaar.db")
     policy = Policy("hpvfg/1.0.0", {VIRTUAL: 0.93})
-    cfg = ServerConfig(tmp_path / "kfaar.db", policy, port=0, admin_token=ADMIN, workers=4, tls=tls)
+    # One device calls as fast as it can (load over replicas): a call rate it never reaches.
+    roomy = ResourceLimits(device_rate=1e9, device_burst=10**9)
+    cfg = ServerConfig(
+        tmp_path / "kfaar.db", policy, port=0, admin_token=ADMIN, workers=4, tls=tls, limits=roomy
+    )
     return [start(cfg, store=store) for _ in range(n)]
 
 

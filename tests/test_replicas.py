@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from authz_kit import VIRTUAL, Client, Site, code, emb, unit
+from authz_kit import ROOMY_RATE, VIRTUAL, Client, Site, code, emb, unit
 
 from auth_service.index_sync import IndexFollower
 from auth_service.ratelimit import Budget, GuessBudgets
@@ -17,7 +17,8 @@ from auth_service.store_sqlite import SqliteStore
 from kfaar_pb.v1 import auth_pb2
 
 VIRTUAL_MODEL = "hpvfg/1.0.0"
-# Room for the misses these tests make on purpose; the limits have tests of their own.
+# Room for the misses and the call rate these tests use on purpose (load from one device);
+# the limits have tests of their own.
 ROOMY = GuessBudgets(
     device=Budget(10_000, 1), token=Budget(10_000, 1), subject=Budget(10_000, 1),
     pair=Budget(10_000, 1),
@@ -36,7 +37,9 @@ def _wait_until(check, timeout_s: float) -> float:
 
 @pytest.fixture
 def two_replicas(postgres_url: str, tmp_path: Path):
-    sites = [Site(tmp_path / f"unused-{i}.db", postgres_url, ROOMY) for i in range(2)]
+    sites = [
+        Site(tmp_path / f"unused-{i}.db", postgres_url, ROOMY, limits=ROOMY_RATE) for i in range(2)
+    ]
     yield sites
     for site in sites:
         site.stop()
@@ -160,7 +163,7 @@ def test_a_postgres_restart_under_load_gives_unavailable_and_loses_nothing(tmp_p
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     pg.start()
-    site = Site(tmp_path / "unused.db", f"{pg.url}/postgres", ROOMY)
+    site = Site(tmp_path / "unused.db", f"{pg.url}/postgres", ROOMY, limits=ROOMY_RATE)
     site.cfg.pool = PoolConfig(acquire_timeout_s=1.0)
     site.restart()  # with the short pool timeout: callers learn of the outage in a second
     try:
