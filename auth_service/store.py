@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from auth_service import changelog, store_security
+from auth_service import audit, changelog, store_security
 from auth_service.audit import AuditChain
 from auth_service.changelog import ChangeLog
 from auth_service.store_generations import GENERATION_COLUMNS, GENERATION_JOIN, GenerationStore
@@ -106,6 +106,8 @@ MIGRATIONS = (
     store_security.SQLITE_DEVICE_CERTS,
     # 8: subjects by owner, for the per-app quota (store_security.py).
     store_security.OWNER_INDEX,
+    # 9: audit rows by subject, for the console's subject pages (audit.py).
+    audit.SUBJECT_INDEX,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auth_service import changelog, store_security
+from auth_service import audit, changelog, store_security
 from auth_service.store_guard import POSTGRES_MIGRATION
 from auth_service.store_types import StoreError
 
@@ -66,6 +66,8 @@ MIGRATIONS = (
     store_security.POSTGRES_DEVICE_CERTS,
     # 8: subjects by owner, for the per-app quota (store_security.py).
     store_security.OWNER_INDEX,
+    # 9: audit rows by subject, for the console's subject pages (audit.py).
+    audit.SUBJECT_INDEX,
 )
 
 
