@@ -147,36 +147,14 @@ def test_kfaar_edge_run_passes_the_grant_to_its_webhook_and_hook(
     controllers, capsys, tmp_path, monkeypatch
 ) -> None:
     """The whole edge: a camera run whose accepted attempt opens the door once, by grant."""
+    from edge_kit import start_edge_site
+
     from edge_agent.assets import asset_path
     from edge_agent.cli import main
-    from edge_agent.hpvfg import Bundle
-    from edge_agent.keystore import Keystore
 
-    device_secret = bytes(range(32))
-    keys = Keystore.create(tmp_path / "ks.json", device_secret=device_secret)
-    policy = Policy.from_bundle(Bundle.load())
-    running = start(ServerConfig(tmp_path / "db", policy, port=0, admin_token=ADMIN))
+    running = start_edge_site(tmp_path, monkeypatch, ["Enroll", "Verify"])
     try:
-        admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
-        meta = (("authorization", f"Bearer {ADMIN}"),)
-        vk = keys.signing_key().verify_key.encode()
-        admin.RegisterDevice(
-            auth_pb2.RegisterDeviceRequest(device_id="cam-1", verify_key=vk), metadata=meta
-        )
-        req = auth_pb2.CreateAppTokenRequest(app_name="door", methods=["Enroll", "Verify"])
-        token = admin.CreateAppToken(req, metadata=meta).token
-        (tmp_path / "secret").write_bytes(device_secret)
         (tmp_path / "webhook.key").write_bytes(SECRET)
-        for k, v in {
-            "KFAAR_SERVER": f"127.0.0.1:{running.port}",
-            "KFAAR_DEVICE_ID": "cam-1",
-            "KFAAR_APP_TOKEN": token,
-            "KFAAR_KEYSTORE": str(tmp_path / "ks.json"),
-            "KFAAR_DEVICE_SECRET_FILE": str(tmp_path / "secret"),
-            "KFAAR_OUTBOX": str(tmp_path / "outbox.db"),
-            "KFAAR_EDGE_MODELS": str(tmp_path / "edge-models"),
-        }.items():
-            monkeypatch.setenv(k, v)
         vk_grant = running.store.service_key.grant_verify_key
         (tmp_path / "grant.pub").write_text(vk_grant.hex())
         ctl = controllers(vk_grant, "cam-1")

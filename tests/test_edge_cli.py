@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import cv2
-import grpc
 import numpy as np
 import pytest
+from edge_kit import ADMIN, SECRET, start_edge_site
 
 from auth_service.server import ServerConfig, start
 from auth_service.servicer import Policy
@@ -19,42 +19,12 @@ from edge_agent.capture import SourceError, frames
 from edge_agent.cli import main
 from edge_agent.hpvfg import Bundle
 from edge_agent.keystore import Keystore
-from kfaar_pb.v1 import auth_pb2, auth_pb2_grpc
-
-ADMIN = "admin"
-SECRET = bytes(range(32))
 
 
 @pytest.fixture
 def edge(tmp_path: Path, monkeypatch):
     """A running service, this device registered, and the edge's settings in the env."""
-    keys = Keystore.create(tmp_path / "ks.json", device_secret=SECRET)
-    running = start(
-        ServerConfig(tmp_path / "db", Policy.from_bundle(Bundle.load()), port=0, admin_token=ADMIN)
-    )
-    admin = auth_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
-    meta = (("authorization", f"Bearer {ADMIN}"),)
-    vk = keys.signing_key().verify_key.encode()
-    admin.RegisterDevice(
-        auth_pb2.RegisterDeviceRequest(device_id="cam-1", verify_key=vk), metadata=meta
-    )
-    token = admin.CreateAppToken(
-        auth_pb2.CreateAppTokenRequest(
-            app_name="door", methods=["Enroll", "Verify", "Identify", "Rekey"]
-        ),
-        metadata=meta,
-    ).token
-    (tmp_path / "secret").write_bytes(SECRET)
-    for k, v in {
-        "KFAAR_SERVER": f"127.0.0.1:{running.port}",
-        "KFAAR_DEVICE_ID": "cam-1",
-        "KFAAR_APP_TOKEN": token,
-        "KFAAR_KEYSTORE": str(tmp_path / "ks.json"),
-        "KFAAR_DEVICE_SECRET_FILE": str(tmp_path / "secret"),
-        "KFAAR_OUTBOX": str(tmp_path / "outbox.db"),
-        "KFAAR_EDGE_MODELS": str(tmp_path / "edge-models"),
-    }.items():
-        monkeypatch.setenv(k, v)
+    running = start_edge_site(tmp_path, monkeypatch, ["Enroll", "Verify", "Identify", "Rekey"])
     yield running, tmp_path
     running.stop(0)
 
