@@ -71,6 +71,8 @@ class Caller:
     device: str
     scope: str
     admin: bool = False
+    # The token may Enroll or Rekey: it can put any face in the subjects its app owns.
+    may_change: bool = False
 
 
 # The authorized caller of the current call, set by the interceptor (or per stream probe).
@@ -91,7 +93,8 @@ def authorize(grant: Grant, device: str, device_scope: str, method: str) -> Call
     if method not in grant.methods:
         hint = f": {method} must be granted by name" if method in WRITE_METHODS else ""
         raise AuthzError(f"the token may not call {method}{hint}")
-    return Caller(grant.app, device, device_scope, grant.admin)
+    may_change = bool(grant.methods & {"Enroll", "Rekey"})
+    return Caller(grant.app, device, device_scope, grant.admin, may_change)
 
 
 def subject_key(scope: str, subject: str) -> str:

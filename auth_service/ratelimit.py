@@ -10,8 +10,15 @@ restart does not reset it and replicas on one PostgreSQL share it.
 Lock-out of an owner by a third party: the tight per-subject budget is kept per (subject,
 device) pair, so a stranger's misses on alice only lock out the stranger's device. A
 looser subject-wide budget bounds guessing spread over many devices; a device that has
-matched the subject before is exempt from it, so the owner's own door is never locked
-out by others, and a new device waits at most 3600 / per_hour seconds at a time. In the
+matched the subject before is exempt from it, and so is every device calling under the
+token of the subject's owner app (the app that enrolled it) while that token may Enroll
+or Rekey: the owner's doors, new ones too, are never locked out by other apps' devices
+(before, strangers kept alice's budget full and a new door of her owner app got "retry
+in 60 s" on every try). That gives a thief holding such a device nothing it did not
+have: ownership is per app, and the device may already add its own face to the subject
+or rekey it. It keeps its pair, device and token budgets; the subject budget still
+bounds every other app's devices, which wait at most 3600 / per_hour seconds at a time.
+Identify names no subject in advance, so it draws on no subject budget. In the
 same way, a device that has matched anyone under its token is exempt from the token-wide
 budget (strangers sharing the token cannot spend its allowance; its own device budget
 still holds it).
@@ -120,8 +127,14 @@ class GuessLimiter:
     def __init__(self, store, budgets: GuessBudgets | None = None, clock=time.time) -> None:
         self.store, self.budgets, self.clock = store, budgets or GuessBudgets(), clock
 
-    def take(self, device: str, token: str, subject: str | None = None) -> Ticket:
-        """Reserve one miss in every budget a call draws on, or raise Exhausted (no room)."""
+    def take(
+        self, device: str, token: str, subject: str | None = None, owner: bool = False
+    ) -> Ticket:
+        """Reserve one miss in every budget a call draws on, or raise Exhausted (no room).
+
+        ``owner``: the caller's token is the subject's owner app's, exempt from the
+        subject-wide budget (see the module docstring).
+        """
         keys = {"device": f"device{_SEP}{device}", "token": f"token{_SEP}{token}"}
         proven_key = None
         token_proven = f"tproven{_SEP}{token}{_SEP}{device}"
@@ -134,8 +147,8 @@ class GuessLimiter:
 
         def reserve(rows: dict[str, tuple[float, float]]) -> tuple[dict, Ticket | Exhausted]:
             taken = dict(keys)
-            if proven_key in rows:  # this device has matched the subject: exempt, see above
-                del taken["subject"]
+            if owner or proven_key in rows:  # owner app, or matched the subject: exempt
+                taken.pop("subject", None)
             if token_proven in rows:  # it has matched under this token: strangers cannot spend it
                 del taken["token"]
             levels = {

@@ -36,9 +36,21 @@ class RequestChecks:
         return caller
 
     def _take(self, caller: Caller, subject_key: str | None) -> Ticket:
-        """Check the guess budgets of one Verify or Identify, or refuse it (RESOURCE_EXHAUSTED)."""
+        """Check the guess budgets of one Verify or Identify, or refuse it (RESOURCE_EXHAUSTED).
+
+        A device of the subject's owner app whose token may Enroll or Rekey skips the
+        subject-wide budget (it could already put any face in the subject), so other apps'
+        misses cannot lock its new doors out. Identify has no single subject: its budgets
+        stay as they were.
+        """
+        owner = (
+            subject_key is not None
+            and caller.may_change
+            and not caller.admin
+            and self.store.subject_owner(subject_key) == caller.app
+        )
         try:
-            return self.guesses.take(caller.device, caller.app, subject_key)
+            return self.guesses.take(caller.device, caller.app, subject_key, owner)
         except Exhausted as exc:
             self.metrics.guess_refusals.labels(exc.kind).inc()
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
