@@ -27,8 +27,6 @@ import json
 import logging
 import time
 
-import nacl.signing
-
 from auth_service.service_key import ServiceKey
 
 log = logging.getLogger(__name__)
@@ -56,25 +54,13 @@ class GrantSigner:
 
     def __init__(self, store, ttl_s: float = DEFAULT_TTL_S, clock=time.time) -> None:
         self.store, self.ttl_s, self.clock = store, check_ttl(ttl_s), clock
-        self._seed: bytes | None = None
-        self._key: nacl.signing.SigningKey | None = None
-        self._kid = ""
-
-    def _signing_key(self) -> nacl.signing.SigningKey | None:
-        service_key: ServiceKey | None = getattr(self.store, "service_key", None)
-        if service_key is None:
-            return None
-        if service_key.seed != self._seed:  # derive once per service key, not per decision
-            self._key = service_key.grant_signing
-            self._kid = key_id(self._key.verify_key.encode())
-            self._seed = service_key.seed
-        return self._key
 
     def issue(self, attempt: str, device: str, scope: str, subject: str) -> bytes:
         """Return a signed grant for one accepted attempt; empty without a service key."""
-        key = self._signing_key()
-        if key is None:
+        service_key: ServiceKey | None = getattr(self.store, "service_key", None)
+        if service_key is None:
             return b""
+        key = service_key.grant_signing  # derived once per service key
         now_ms = int(self.clock() * 1000)
         claims = {
             "v": VERSION,
@@ -85,7 +71,7 @@ class GrantSigner:
             "decision": "accept",
             "iat": now_ms,
             "exp": now_ms + int(self.ttl_s * 1000),
-            "kid": self._kid,
+            "kid": key_id(service_key.grant_verify_key),
         }
         body = PREFIX + json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
         return bytes(key.sign(body))  # signature || body

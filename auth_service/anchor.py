@@ -219,9 +219,13 @@ class Anchor:
         # The anchor's path in it: an operator moving the anchor elsewhere starts a new one.
         return f"anchored by {self.path}"
 
-    def _missing(self) -> list[str]:
+    def _marked(self) -> bool:
+        """Return whether the audit chain records that this writer anchored at this path."""
+        return self.store.audited(self.store._writer(), MARKER, self._marker())
+
+    def _missing(self, marked: bool) -> list[str]:
         """Return why a missing anchor file is refused: this writer anchored the database."""
-        if not self.store.audited(self.store._writer(), MARKER, self._marker()):
+        if not marked:
             return []  # never anchored (a database from before anchors): anchor it now
         return [
             f"the rollback anchor {self.path} is missing, yet the audit chain records that "
@@ -243,7 +247,8 @@ class Anchor:
         """At start: raise StoreRolledBack if the database is behind; else anchor it now."""
         anchored = read(self.path)
         moves = self.store.generation_moves(checked=True)
-        problems = self._missing() if anchored is None else self.behind(anchored, moves)
+        marked = self._marked()  # read once: it walks this writer's audit rows
+        problems = self._missing(marked) if anchored is None else self.behind(anchored, moves)
         if problems:
             raise StoreRolledBack(self.refusal(problems))
         base = anchored or AnchorState()
@@ -257,7 +262,7 @@ class Anchor:
             log.error("%s", self.warning)
             return
         # Once per writer and path, also for an anchor made before this row existed.
-        if not self.store.audited(self.store._writer(), MARKER, self._marker()):
+        if not marked:
             self.store.audit(None, MARKER, None, self._marker())
         if anchored is None:
             log.info("created the rollback anchor %s", self.path)
@@ -266,7 +271,7 @@ class Anchor:
         """Return how the database is behind the anchor, counting only tagged generations."""
         anchored = self._anchored(read(self.path))
         if anchored is None:
-            return self._missing()
+            return self._missing(self._marked())
         return self.behind(anchored, self.store.generation_moves(checked=True))
 
     def advance(self) -> None:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from auth_service.ratelimit import Budget
+
 DEFAULT_WORKERS = 16
 DEFAULT_STREAMS_PER_TOKEN = 4
 DEFAULT_SUBJECTS_PER_APP = 10_000
@@ -118,7 +120,9 @@ class CallRate:
         self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # device -> (calls left, at)
+        # The guess budgets' leaky bucket, leaking ``rate`` calls a second.
+        self._budget = Budget(burst, rate * 3600.0)
+        self._buckets: dict[str, tuple[float, float]] = {}  # device -> (calls held, at)
         self._swept = clock()
         self._lock = threading.Lock()
 
@@ -128,11 +132,10 @@ class CallRate:
             now = self.clock()
             if now - self._swept >= self.burst / self.rate:
                 self._sweep(now)
-            left, at = self._buckets.get(device, (self.burst, now))
-            left = min(self.burst, left + (now - at) * self.rate)
-            if left < 1:  # a refused call spends nothing: the bucket refills as before
-                return (1 - left) / self.rate
-            self._buckets[device] = (left - 1, now)
+            level = self._budget.level(self._buckets.get(device), now)
+            if wait := self._budget.wait(level):  # refused: spends nothing, refills as before
+                return wait
+            self._buckets[device] = (level + 1, now)
             return 0.0
 
     def refusal(self, wait_s: float) -> str:
@@ -143,13 +146,9 @@ class CallRate:
         )
 
     def _sweep(self, now: float) -> None:
-        """Forget the buckets that have filled up again (lock held)."""
+        """Forget the buckets that have leaked empty, as good as none (lock held)."""
         self._swept = now
-        full = [
-            d
-            for d, (left, at) in self._buckets.items()
-            if left + (now - at) * self.rate >= self.burst
-        ]
+        full = [d for d, row in self._buckets.items() if self._budget.level(row, now) == 0]
         for device in full:
             del self._buckets[device]
 

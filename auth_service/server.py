@@ -173,10 +173,11 @@ def key_path(cfg: ServerConfig) -> Path | None:
 
 def open_anchor(cfg: ServerConfig, store: TemplateStore) -> None:
     """Refuse a database behind its rollback anchor (StoreRolledBack); else keep it."""
-    path = cfg.anchor_file or (key_path(cfg) if str(cfg.db) != ":memory:" else None)
+    key = key_path(cfg) if str(cfg.db) != ":memory:" else None
+    path = cfg.anchor_file or (default_anchor_path(key) if key is not None else None)
     if store.service_key is None or path is None:  # unsigned, or gone with the process
         return
-    store.anchor = Anchor(cfg.anchor_file or default_anchor_path(path), store)
+    store.anchor = Anchor(path, store)
     store.anchor.open()
 
 

@@ -61,13 +61,13 @@ class ServiceKey:
     def verify_key(self) -> bytes:
         return self.signing.verify_key.encode()
 
-    @property
+    @cached_property
     def grant_signing(self) -> nacl.signing.SigningKey:
-        """Return the key that signs door access grants."""
+        """Return the key that signs door access grants (derived once: one per decision)."""
         # Its own personalisation: a grant can never pass as an audit checkpoint signature.
         return nacl.signing.SigningKey(_derive(self.seed, b"kfaar-grant-sig"))
 
-    @property
+    @cached_property
     def grant_verify_key(self) -> bytes:
         return self.grant_signing.verify_key.encode()
 

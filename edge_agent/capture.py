@@ -105,26 +105,30 @@ def _live(capture: cv2.VideoCapture, name: str) -> Iterator[tuple[str, np.ndarra
         reader.close()
 
 
-def frames(source: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (label, BGR frame) from a webcam index, RTSP/HTTP URL, video, image or folder."""
-    if source.isdigit():
-        capture = cv2.VideoCapture(int(source))
-        live = True
-    elif "://" in source:
-        capture = cv2.VideoCapture(source)
-        live = True
-    else:
-        path = Path(source)
-        if path.is_dir():
-            return _folder(path)
-        if not path.is_file():
-            raise SourceError(f"no such camera, URL, video, image or folder: {source}")
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            return iter([(path.name, load_image(path))])
-        capture, live = cv2.VideoCapture(str(path)), False
+def _is_live(source: str) -> bool:
+    return source.isdigit() or "://" in source  # a webcam index or a stream URL
+
+
+def _open(source: str) -> cv2.VideoCapture:
+    """Open a webcam index, a stream URL or a video file; SourceError if it cannot."""
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
         raise SourceError(f"cannot open {source}")
-    return _live(capture, source) if live else _video(capture, Path(source).name)
+    return capture
+
+
+def frames(source: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (label, BGR frame) from a webcam index, RTSP/HTTP URL, video, image or folder."""
+    if _is_live(source):
+        return _live(_open(source), source)
+    path = Path(source)
+    if path.is_dir():
+        return _folder(path)
+    if not path.is_file():
+        raise SourceError(f"no such camera, URL, video, image or folder: {source}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return iter([(path.name, load_image(path))])
+    return _video(_open(source), path.name)
 
 
 TimedFrame = tuple[str, float, np.ndarray]  # (label, seconds, BGR frame)
@@ -156,18 +160,13 @@ def _stamped_live(capture: cv2.VideoCapture, name: str) -> Iterator[TimedFrame]:
 
 def timed_frames(source: str) -> Iterator[TimedFrame]:
     """Yield (label, seconds, BGR frame) from a webcam index, RTSP/HTTP URL or video file."""
-    if source.isdigit() or "://" in source:
-        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
-        live = True
-    else:
-        path = Path(source)
-        if path.is_dir():
-            raise SourceError(f"{source} is a folder: a trial needs a camera, a URL or a video")
-        if not path.is_file():
-            raise SourceError(f"no such camera, URL or video file: {source}")
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            raise SourceError(f"{source} is an image: a trial needs a camera, a URL or a video")
-        capture, live = cv2.VideoCapture(str(path)), False
-    if not capture.isOpened():
-        raise SourceError(f"cannot open {source}")
-    return _stamped_live(capture, source) if live else _stamped_video(capture, Path(source).name)
+    if _is_live(source):
+        return _stamped_live(_open(source), source)
+    path = Path(source)
+    if path.is_dir():
+        raise SourceError(f"{source} is a folder: a trial needs a camera, a URL or a video")
+    if not path.is_file():
+        raise SourceError(f"no such camera, URL or video file: {source}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise SourceError(f"{source} is an image: a trial needs a camera, a URL or a video")
+    return _stamped_video(_open(source), path.name)
